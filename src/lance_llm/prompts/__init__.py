@@ -1,0 +1,35 @@
+"""Prompt templates, kept as text files beside this module so they can be read and edited
+without touching code. Placeholders are `{{name}}`; `render` fails loudly on a missing one.
+
+    from lance_llm.prompts import load, render
+    text = render(load("review"), instruction="...", response="...")
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+HERE = Path(__file__).parent
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+@cache
+def load(name: str) -> str:
+    """The template `name` (system, review, new_instruction, degrade_response)."""
+    path = HERE / f"{name}.txt"
+    if not path.exists():
+        raise FileNotFoundError(f"no prompt template {path}")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def render(template: str, **values: str) -> str:
+    """Fill every `{{name}}` in one pass, so text inside a value is never substituted again."""
+
+    def fill(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise KeyError(f"template needs a value for {{{{{m.group(1)}}}}}")
+        return values[m.group(1)]
+
+    return _PLACEHOLDER.sub(fill, template)

@@ -1,0 +1,112 @@
+"""Annotate stage: reviewed samples become SFT examples, preference pairs and the next seed.
+
+Reads the reviewed candidates of this iteration and the reviewed seed; writes
+- SFT examples: "new" candidates scored > `sft_threshold` (instruction and response longer than
+  `min_chars`), with the system prompt, in TRL's prompt-completion format;
+- preference pairs: per high-quality seed, candidates = its surviving degraded responses + the
+  original response. r = the lowest-scored candidate; every candidate c with
+  score(c) - score(r) > `pair_margin` gives (chosen=c, rejected=r). Unscored candidates take no
+  part, and ties never form a pair (the margin is strict and never negative);
+- the next seed: "code" rule (reference implementation) = this iteration's reviewed new pairs
+  (both branches) + reviewed Seed_0; "paper" rule = the current seed + this iteration's pairs;
+- accumulation: SFT_t = SFT of iteration t + SFT_{t-1}; DPO likewise; shuffled with a fixed seed.
+
+    sft = select_sft(reviewed, cfg.annotate, system, iteration=1)
+    pairs = make_pairs(high_seeds, reviewed, cfg.annotate, system, iteration=1)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TypeVar
+
+from ..config import AnnotateConfig
+from ..records import PreferencePair, Sample, SFTExample, assistant, chat_prompt
+
+T = TypeVar("T", SFTExample, PreferencePair, Sample)
+
+
+def select_sft(reviewed: Sequence[Sample], cfg: AnnotateConfig, system: str, iteration: int) -> list[SFTExample]:
+    out = []
+    for s in reviewed:
+        if s.origin != "new" or s.score is None or s.score <= cfg.sft_threshold:
+            continue
+        if len(s.instruction.strip()) <= cfg.min_chars or len(s.response.strip()) <= cfg.min_chars:
+            continue
+        out.append(SFTExample(id=f"sft-{s.id}", prompt=chat_prompt(system, s.instruction),
+                              completion=assistant(s.response), source="generated", iteration=iteration,
+                              score=s.score))
+    return out
+
+
+def make_pairs(
+    high_seeds: Sequence[Sample], reviewed: Sequence[Sample], cfg: AnnotateConfig, system: str, iteration: int
+) -> list[PreferencePair]:
+    degraded: dict[str, list[Sample]] = {}
+    for s in reviewed:
+        if s.origin == "degraded" and s.parent_id is not None:
+            degraded.setdefault(s.parent_id, []).append(s)
+    pairs = []
+    for seed in high_seeds:
+        # the original first, so that among equally low candidates the choice of r is stable
+        candidates = [c for c in [seed, *degraded.get(seed.id, [])] if c.score is not None]
+        if len(candidates) < 2:
+            continue
+        rejected = min(candidates, key=lambda c: c.score)  # type: ignore[arg-type, return-value]
+        low = rejected.score
+        assert low is not None
+        for c in candidates:
+            assert c.score is not None
+            # rounded: 5.3333 - 3.3333 is 2.0000000000000004 in floats, which must not pass a 2.0 margin
+            if c is rejected or not round(c.score - low, 6) > cfg.pair_margin:
+                continue
+            pairs.append(PreferencePair(
+                id=f"pair-{c.id}-{rejected.id}", prompt=chat_prompt(system, seed.instruction),
+                chosen=assistant(c.response), rejected=assistant(rejected.response), parent_id=seed.id,
+                chosen_id=c.id, rejected_id=rejected.id, score_chosen=c.score, score_rejected=low,
+                iteration=iteration,
+            ))
+    return pairs
+
+
+def next_seed(
+    reviewed_new: Sequence[Sample], seed0: Sequence[Sample], current: Sequence[Sample], rule: str, rng_seed: int
+) -> list[Sample]:
+    """Seed_{t+1}: ("code") new pairs + reviewed Seed_0, or ("paper") Seed_t + new pairs; shuffled."""
+    base = seed0 if rule == "code" else current
+    return shuffled(union_by_id(base, reviewed_new), rng_seed)
+
+
+def seed_sft(seed0: Sequence[Sample], review_examples: Sequence[dict], system: str, review_prompt) -> list[SFTExample]:
+    """SFT_0: the seed pairs as chat examples plus the review (EFT) examples, which teach the
+    model to review: the constitution prompt -> rationale and `score: N`."""
+    out = [SFTExample(id=f"sft-{s.id}", prompt=chat_prompt(system, s.instruction), completion=assistant(s.response),
+                      source="seed", iteration=0) for s in seed0]
+    for ex in review_examples:
+        reply = f"{ex['rationale'].strip()}\nscore: {ex['score']}"
+        out.append(SFTExample(id=f"sft-{ex['id']}", prompt=chat_prompt(system, review_prompt(ex["instruction"],
+                              ex["response"])), completion=assistant(reply), source="review_example",
+                              iteration=0, score=float(ex["score"])))
+    return out
+
+
+def union_by_id(previous: Sequence[T], new: Sequence[T]) -> list[T]:
+    """Previous records then new ones, dropping repeated ids (a resumed run never doubles data)."""
+    seen: set[str] = set()
+    out = []
+    for r in [*previous, *new]:
+        if r.id not in seen:
+            seen.add(r.id)
+            out.append(r)
+    return out
+
+
+def shuffled(records: Sequence[T], rng_seed: int) -> list[T]:
+    out = list(records)
+    random.Random(rng_seed).shuffle(out)
+    return out
+
+
+def accumulate(previous: Sequence[T], new: Sequence[T], rng_seed: int) -> list[T]:
+    return shuffled(union_by_id(previous, new), rng_seed)

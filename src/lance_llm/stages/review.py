@@ -1,0 +1,148 @@
+"""Review stage: the model scores (instruction, response) pairs against the constitution.
+
+Reads `Sample`s, returns the same samples with a `Review` attached (new objects; inputs untouched).
+
+Two modes (config `review.mode`):
+- `sampled` (the method's way): `samples` free-text reviews per pair, each parsed for
+  `score: <0-10>`; the pair's score is the mean of the replies that parsed. A pair none of whose
+  replies parse has no score: a counted parse failure, never a 0.
+- `expected`: force the reply to begin with `score: ` and read the probability of each
+  continuation "0".."10" (the two-token "10" included) in one forward pass; the score is the
+  expected value. It cannot fail to parse and costs a fraction of one sampled review.
+
+    reviewed, stats = review(samples, backend, cfg.review, system_prompt, seed=0)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ..backends.base import Backend, GenerateRequest, Sampling, ScoreRequest
+from ..config import ReviewConfig
+from ..prompts import load, render
+from ..records import Review, Sample, stable_int
+
+SCORE_TOKENS = tuple(str(i) for i in range(11))
+SCORE_PREFIX = "score: "
+# `score: 7`, `Score:7.5`, `**Score:** 8/10`, `score = 6`; the last one in the reply wins, because
+# small models often restate the rubric ("score: <points>") before giving their own number
+_SCORE_RE = re.compile(
+    r"\bscore\s*\**\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)(?![\d.]\d)(\s*/\s*\d+(?![\d.]\d))?", re.IGNORECASE
+)
+
+
+def parse_score(text: str) -> float | None:
+    """The last `score: N` in `text` if 0 <= N <= 10 (an `N/10` form is read as N), else None."""
+    matches = list(_SCORE_RE.finditer(text or ""))
+    if not matches:
+        return None
+    m = matches[-1]
+    value = float(m.group(1))
+    if m.group(2) and float(m.group(2).split("/")[1]) != 10:  # "8/10" -> 8; "4/5" is another scale
+        return None
+    if not math.isfinite(value) or not 0 <= value <= 10:
+        return None
+    return abs(value)  # "-0" is 0
+
+
+def review_prompt(instruction: str, response: str) -> str:
+    return render(load("review"), instruction=instruction, response=response)
+
+
+def expected_score(logprobs: Sequence[float]) -> float:
+    """Expected score under the model's distribution restricted to the 11 score tokens."""
+    top = max(logprobs)
+    if not math.isfinite(top):
+        return math.nan  # no probability on any score token: the caller counts a failure
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    return sum(i * w for i, w in enumerate(weights)) / total
+
+
+def rank_scale(samples: Sequence[Sample], reference: Sequence[float]) -> list[Sample]:
+    """Put scores on the rank scale: 10 x the mid-rank percentile of the judge's raw score within
+    `reference` (raw scores of this iteration's seed). The raw score is kept in `raw_score`;
+    unscored samples stay unscored. Deterministic and idempotent (it always starts from raw)."""
+    ref = sorted(reference)
+    if not ref:
+        return list(samples)
+    out = []
+    for s in samples:
+        r = s.review
+        raw = None if r is None else (r.raw_score if r.raw_score is not None else r.score)
+        if r is None or raw is None:
+            out.append(s)
+            continue
+        below = bisect.bisect_left(ref, raw)
+        equal = bisect.bisect_right(ref, raw) - below
+        scaled = round(10 * (below + 0.5 * equal) / len(ref), 4)
+        out.append(replace(s, review=replace(r, score=scaled, raw_score=raw)))
+    return out
+
+
+def raw_scores(samples: Sequence[Sample]) -> list[float]:
+    """The judge's own scores (before any rank scaling) of the scored samples."""
+    out = []
+    for s in samples:
+        if s.review is not None and s.review.score is not None:
+            out.append(s.review.raw_score if s.review.raw_score is not None else s.review.score)
+    return out
+
+
+@dataclass
+class ReviewStats:
+    pairs: int = 0
+    scored: int = 0
+    unscored: int = 0  # pairs with no parsable reply (excluded from selection)
+    replies: int = 0
+    reply_parse_failures: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def review(
+    samples: Sequence[Sample], backend: Backend, cfg: ReviewConfig, system: str, seed: int
+) -> tuple[list[Sample], ReviewStats]:
+    stats = ReviewStats(pairs=len(samples))
+    if not samples:
+        return [], stats
+    prompts = [((("system", system), ("user", review_prompt(s.instruction, s.response)))) for s in samples]
+    reviews: list[Review]
+    if cfg.mode == "expected":
+        out = backend.score([ScoreRequest(p, SCORE_PREFIX, SCORE_TOKENS) for p in prompts])
+        reviews = []
+        for lp in out:
+            value = expected_score(lp)
+            if math.isfinite(value):
+                reviews.append(Review(mode="expected", score=round(value, 4), samples=[round(value, 4)]))
+            else:
+                reviews.append(Review(mode="expected", score=None, samples=[None], parse_failures=1))
+    else:
+        sp = cfg.sampling
+        reqs = [
+            GenerateRequest(p, Sampling(sp.temperature, sp.top_p, sp.max_new_tokens, cfg.samples,
+                                        stable_int(seed, "review", s.id)))
+            for p, s in zip(prompts, samples, strict=True)
+        ]
+        reviews = []
+        for replies in backend.generate(reqs):
+            parsed = [parse_score(r) for r in replies]
+            ok = [v for v in parsed if v is not None]
+            reviews.append(Review(mode="sampled", score=round(sum(ok) / len(ok), 4) if ok else None,
+                                  samples=parsed, replies=list(replies),
+                                  parse_failures=len(parsed) - len(ok)))
+    result = []
+    for s, r in zip(samples, reviews, strict=True):
+        stats.replies += len(r.samples)
+        stats.reply_parse_failures += r.parse_failures
+        if r.score is None:
+            stats.unscored += 1
+        else:
+            stats.scored += 1
+        result.append(replace(s, review=r))
+    return result, stats

@@ -1,0 +1,165 @@
+"""Train stage: TRL's SFTTrainer on the accumulated SFT set, then DPOTrainer on the accumulated
+preference set with the SFT result as reference. Reads the JSONL files annotate wrote (TRL's
+conversational formats, unchanged) and writes plain safetensors checkpoints.
+
+    sft = train_sft(base_dir, "sft.jsonl", out_dir / "sft", cfg.train, seed=0)
+    final = train_dpo(sft.path, "dpo.jsonl", out_dir / "dpo", cfg.train, seed=0)
+
+Why thin: TRL does the loss masking (prompt-completion data -> loss on the response only, i.e.
+the method's NLL objective), the sigmoid DPO loss and LoRA via peft. We only choose defaults and
+make the output a plain checkpoint the next iteration (or any tool) can load. With LoRA the
+adapters are merged before saving, and the DPO reference is the base with adapters disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import StepConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    path: Path  # the checkpoint directory written
+    steps: int
+    examples: int
+    loss: float | None
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "steps": self.steps, "examples": self.examples,
+                "loss": self.loss, "seconds": round(self.seconds, 2)}
+
+
+def _use_bf16(setting: str) -> bool:
+    if setting in ("true", "false"):
+        return setting == "true"
+    from ..backends.hf import cpu_has_bf16
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def _common_args(step: StepConfig, cfg: TrainConfig, out: Path, seed: int) -> dict:
+    return {
+        "output_dir": str(out),
+        "learning_rate": step.learning_rate,
+        "num_train_epochs": step.epochs,
+        "max_steps": step.max_steps,
+        "per_device_train_batch_size": step.batch_size,
+        "gradient_accumulation_steps": step.grad_accum,
+        "max_length": step.max_length,
+        "gradient_checkpointing": step.gradient_checkpointing,
+        "bf16": _use_bf16(cfg.bf16),
+        "seed": seed,
+        "data_seed": seed,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+        "dataset_num_proc": None,
+        "use_cpu": not torch.cuda.is_available(),
+    }
+
+
+def _peft(cfg: TrainConfig):
+    if cfg.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.lora.target_modules
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _load_model(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    # fp32 master weights; bf16 (when on) is autocast by the Trainer
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+
+
+def _dataset(path: str | Path):
+    from datasets import load_dataset
+
+    return load_dataset("json", data_files=str(path), split="train")
+
+
+def _save(trainer, tokenizer, out: Path) -> None:
+    """Write a plain (merged) safetensors checkpoint atomically: out/ appears only when complete."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _finish(trainer, tokenizer, out: Path, n: int, t0: float) -> TrainResult:
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    _save(trainer, tokenizer, out)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # Trainer scratch (save_strategy="no")
+    with (out / "train_log.json").open("w") as fh:
+        json.dump(state.log_history, fh, indent=1)
+    return TrainResult(out, state.global_step, n, losses[-1] if losses else None, time.time() - t0)
+
+
+def train_sft(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int) -> TrainResult:
+    """Supervised fine-tuning on prompt-completion conversations (loss on completions only)."""
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    t0 = time.time()
+    ds = _dataset(data)
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    args = SFTConfig(**_common_args(cfg.sft, cfg, out.parent / f".{out.name}.work", seed),
+                     completion_only_loss=True)
+    trainer = SFTTrainer(model=_load_model(model_path), args=args, train_dataset=ds, processing_class=tok,
+                         peft_config=_peft(cfg))
+    trainer.train()
+    return _finish(trainer, tok, out, len(ds), t0)
+
+
+def train_dpo(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int) -> TrainResult:
+    """DPO (sigmoid loss) with `model_path` as both the start and the frozen reference."""
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    t0 = time.time()
+    ds = _dataset(data)
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    args = DPOConfig(**_common_args(cfg.dpo, cfg, out.parent / f".{out.name}.work", seed), beta=cfg.dpo.beta,
+                     loss_type=["sigmoid"])
+    model = _load_model(model_path)
+    # full fine-tuning: an explicit frozen copy as reference; LoRA: TRL disables the adapters instead
+    ref = None if cfg.method == "lora" else _load_model(model_path)
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
+                         peft_config=_peft(cfg))
+    trainer.train()
+    return _finish(trainer, tok, out, len(ds), t0)

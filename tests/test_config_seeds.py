@@ -1,0 +1,484 @@
+"""Tests for the run configuration (defaults = the method's numbers, overrides, errors naming the
+key or file) and for seed loading (shipped set, custom fields, Self-Instruct, JSON, errors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lance_llm.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    build_config,
+    load_config,
+    parse_override,
+)
+from lance_llm.records import RecordError
+from lance_llm.seeds import load_review_examples, load_seed
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------------------------
+# config defaults
+# --------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_method_numbers() -> None:
+    for cfg in (Config(), load_config(None), build_config()):
+        assert cfg.generate.threshold == 7.0
+        assert cfg.annotate.sft_threshold == 8.0
+        assert cfg.annotate.pair_margin == 2.0
+        assert cfg.annotate.min_chars == 5
+        assert cfg.annotate.next_seed == "code"
+        assert cfg.clean.rouge_threshold == 0.7
+        assert (cfg.clean.instruction_min_words, cfg.clean.instruction_max_words) == (5, 4096)
+        assert (cfg.clean.response_min_words, cfg.clean.response_max_words) == (10, 4096)
+        assert cfg.clean.always_filter is True
+        assert cfg.review.mode == "sampled"
+        assert cfg.review.samples == 3
+        assert (cfg.generate.n_instructions, cfg.generate.n_responses, cfg.generate.n_degraded) == (4, 4, 4)
+        for sp in (cfg.review.sampling, cfg.generate.sampling, cfg.generate.response_sampling):
+            assert (sp.temperature, sp.top_p, sp.max_new_tokens) == (0.7, 0.9, 512)
+
+
+def test_sampling_sections_are_independent_objects() -> None:
+    cfg = Config()
+    cfg.review.sampling.temperature = 0.1
+    assert Config().review.sampling.temperature == 0.7
+    assert cfg.generate.sampling.temperature == 0.7
+
+
+def test_shipped_yaml_configs_load() -> None:
+    for name in ("default.yaml", "tiny.yaml"):
+        path = REPO / "configs" / name
+        if not path.exists():
+            pytest.skip(f"{path} not present")
+        cfg = load_config(path)
+        assert isinstance(cfg, Config)
+    cfg = load_config(REPO / "configs" / "default.yaml")
+    # keys the file does not set keep the method's values
+    assert cfg.generate.threshold == 7.0 and cfg.annotate.pair_margin == 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# overrides
+# --------------------------------------------------------------------------------------------
+
+
+def test_overrides_parse_types() -> None:
+    cfg = build_config(overrides=[
+        "iterations=5",
+        "generate.threshold=6",
+        "annotate.pair_margin=1.5",
+        "clean.exact_dedup=false",
+        "data.shuffle=true",
+        "train.lora.target_modules=[q_proj, v_proj]",
+        "review.mode=expected",
+        "data.limit=null",
+        "review.sampling.top_p=0.5",
+        "clean.decontaminate_paths=[a.jsonl]",
+        "model.source=my/model",
+    ])
+    assert cfg.iterations == 5 and isinstance(cfg.iterations, int)
+    assert cfg.generate.threshold == 6.0 and isinstance(cfg.generate.threshold, float)
+    assert cfg.annotate.pair_margin == 1.5
+    assert cfg.clean.exact_dedup is False
+    assert cfg.data.shuffle is True
+    assert cfg.train.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.review.mode == "expected"
+    assert cfg.data.limit is None
+    assert cfg.review.sampling.top_p == 0.5
+    assert cfg.generate.sampling.top_p == 0.9  # a sibling section is untouched
+    assert cfg.clean.decontaminate_paths == ["a.jsonl"]
+    assert cfg.model.source == "my/model"
+
+
+def test_override_on_top_of_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("iterations: 3\ngenerate:\n  threshold: 6.5\n  n_responses: 2\n")
+    cfg = load_config(p, overrides=["generate.threshold=5"])
+    assert (cfg.iterations, cfg.generate.threshold, cfg.generate.n_responses) == (3, 5.0, 2)
+    assert cfg.generate.n_instructions == 4
+
+
+def test_parse_override() -> None:
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=0.25") == (["a"], 0.25)
+    assert parse_override("a=x=y") == (["a"], "x=y")
+    assert parse_override("a=") == (["a"], "")
+    assert parse_override(" a.b =[1, 2]") == (["a", "b"], [1, 2])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("iterations")
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_override("=3")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("review.samplez=3", "review.samplez"),
+    ("generate.thresold=6", "generate.thresold"),
+    ("itrations=2", "itrations"),
+    ("review.sampling.temp=0.3", "review.sampling.temp"),
+])
+def test_unknown_key_names_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        build_config(overrides=[override])
+    assert f"'{key}'" in str(ei.value)
+    assert "unknown key" in str(ei.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "typo.yaml"
+    p.write_text("review:\n  samplez: 3\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(p) in str(ei.value)
+    assert "review.samplez" in str(ei.value)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("review.samples=3.5", "review.samples"),
+    ("review.samples=many", "review.samples"),
+    ("generate.threshold=high", "generate.threshold"),
+    ("generate.threshold=true", "generate.threshold"),
+    ("clean.exact_dedup=1", "clean.exact_dedup"),
+    ("review.mode=median", "review.mode"),
+    ("train.lora.target_modules=q_proj", "train.lora.target_modules"),
+    ("train.lora.target_modules=[1, 2]", "train.lora.target_modules[0]"),
+    ("review=3", "review"),
+    ("iterations=2.0", "iterations"),
+])
+def test_wrong_type_names_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        build_config(overrides=[override])
+    assert str(ei.value).startswith(f"{key}:")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("iterations=0", "iterations"),
+    ("review.samples=0", "review.samples"),
+    ("review.sampling.top_p=1.5", "review.sampling.top_p"),
+    ("generate.response_sampling.top_p=0", "generate.response_sampling.top_p"),
+    ("generate.sampling.temperature=-0.1", "generate.sampling.temperature"),
+    ("clean.rouge_threshold=1.2", "clean.rouge_threshold"),
+    ("annotate.pair_margin=-1", "annotate.pair_margin"),
+    ("generate.n_responses=0", "generate.n_responses"),
+])
+def test_out_of_range_names_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        build_config(overrides=[override])
+    assert key in str(ei.value)
+
+
+def test_override_into_scalar_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("iterations: 2\n")
+    with pytest.raises(ConfigError, match="iterations"):
+        load_config(p, overrides=["iterations.x=1"])
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("review:\n  samples: [1, 2\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(p) in str(ei.value)
+    assert "invalid YAML" in str(ei.value)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_non_mapping_top_level_names_the_file(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "list.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(p) in str(ei.value)
+    assert "mapping" in str(ei.value)
+
+
+def test_empty_yaml_is_defaults(tmp_path: Path) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing here\n")
+    assert load_config(p) == Config()
+
+
+def test_missing_and_non_utf8_config_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as ei:
+        load_config(missing)
+    assert str(missing) in str(ei.value)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as ei:
+        load_config(bad)
+    assert str(bad) in str(ei.value)
+
+
+def test_section_hash_tracks_only_named_sections() -> None:
+    a = build_config()
+    b = build_config(overrides=["annotate.pair_margin=1.0"])
+    assert a.section_hash("review", "generate") == b.section_hash("review", "generate")
+    assert a.section_hash("annotate") != b.section_hash("annotate")
+
+
+# --------------------------------------------------------------------------------------------
+# seeds
+# --------------------------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def rows(n: int, **extra: object) -> list[dict]:
+    return [{"id": f"r{i}", "instruction": f"Instruction {i}", "response": f"Response {i}", **extra} for i in range(n)]
+
+
+def test_shipped_seed_loads() -> None:
+    seeds = load_seed(DataConfig())
+    assert len(seeds) >= 40
+    assert len({s.id for s in seeds}) == len(seeds)
+    for s in seeds:
+        assert s.instruction.strip() and s.response.strip()
+        assert s.origin == "seed" and s.review is None and s.iteration == 0
+
+
+def test_shipped_review_examples() -> None:
+    examples = load_review_examples(DataConfig())
+    assert len(examples) >= 10
+    for ex in examples:
+        assert isinstance(ex["score"], int) and not isinstance(ex["score"], bool)
+        assert 0 <= ex["score"] <= 10
+        assert ex["instruction"].strip() and ex["response"].strip() and ex["rationale"].strip()
+    assert len({ex["id"] for ex in examples}) == len(examples)
+    # a spread of scores, so that the judge learns more than one verdict
+    assert len({ex["score"] for ex in examples}) >= 3
+    assert load_review_examples(DataConfig(review_examples_path="")) == []
+
+
+def test_custom_field_names(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "qa.jsonl", [
+        {"question": "What is 2+2?", "answer": "4", "context": "Arithmetic."},
+        {"question": "Name a prime.", "answer": "7"},
+    ])
+    cfg = DataConfig(seed_path=str(p), instruction_field="question", response_field="answer", input_field="context")
+    seeds = load_seed(cfg)
+    assert [(s.instruction, s.response) for s in seeds] == [
+        ("What is 2+2?\n\nArithmetic.", "4"),
+        ("Name a prime.", "7"),
+    ]
+    assert [s.id for s in seeds] == ["seed-00000", "seed-00001"]
+    # with the default field names the same file is missing 'instruction'
+    with pytest.raises(RecordError, match="'instruction'"):
+        load_seed(DataConfig(seed_path=str(p)))
+
+
+def test_input_field_appended(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "s.jsonl", [
+        {"id": "a", "instruction": "Translate to French.", "input": "  Good morning  ", "response": "Bonjour"},
+        {"id": "b", "instruction": "Say hi.", "input": "", "response": "Hi"},
+    ])
+    seeds = load_seed(DataConfig(seed_path=str(p)))
+    assert seeds[0].instruction == "Translate to French.\n\nGood morning"
+    assert seeds[1].instruction == "Say hi."
+    no_input = load_seed(DataConfig(seed_path=str(p), input_field=None))
+    assert no_input[0].instruction == "Translate to French."
+
+
+def test_self_instruct_format(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "seed_tasks.jsonl", [
+        {"id": "seed_task_0", "name": "breakfast", "instruction": "Suggest a breakfast.",
+         "instances": [{"input": "", "output": "Oatmeal with berries."}], "is_classification": False},
+        {"id": "seed_task_1", "name": "sentiment", "instruction": "Classify the sentiment.",
+         "instances": [{"input": "I love it.", "output": "positive"}, {"input": "I hate it.", "output": "negative"}],
+         "is_classification": True},
+    ])
+    seeds = load_seed(DataConfig(seed_path=str(p)))
+    assert [(s.id, s.instruction, s.response) for s in seeds] == [
+        ("seed_task_0", "Suggest a breakfast.", "Oatmeal with berries."),
+        ("seed_task_1#0", "Classify the sentiment.\n\nI love it.", "positive"),
+        ("seed_task_1#1", "Classify the sentiment.\n\nI hate it.", "negative"),
+    ]
+
+
+def test_self_instruct_missing_output_names_location(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "si.jsonl", [
+        {"id": "t0", "instruction": "Do a thing.", "instances": [{"input": "x", "output": "y"}]},
+        {"id": "t1", "instruction": "Do another.", "instances": [{"input": "x"}]},
+    ])
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    assert f"{p}:2" in str(ei.value) and "'output'" in str(ei.value)
+
+
+def test_self_instruct_empty_instances_is_error(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "si.jsonl", [{"id": "t0", "instruction": "Do it.", "instances": []}])
+    with pytest.raises(RecordError, match=f"{p}:1"):
+        load_seed(DataConfig(seed_path=str(p)))
+
+
+def test_self_instruct_non_string_input_names_location(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "si.jsonl", [
+        {"id": "t0", "instruction": "Add one.", "instances": [{"input": 41, "output": "42"}]},
+    ])
+    with pytest.raises(RecordError) as ei:  # a RecordError naming the place, not an AttributeError
+        load_seed(DataConfig(seed_path=str(p)))
+    assert f"{p}:1" in str(ei.value) and "input" in str(ei.value)
+
+
+def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps(rows(1)[0]) + "\n\n" + '{"instruction": "x", "response": \n', encoding="utf-8")
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    assert f"{p}:3" in str(ei.value)
+    assert "invalid JSON" in str(ei.value)
+
+
+def test_non_object_line_names_file_and_line(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "s.jsonl", [rows(1)[0], ["not", "an", "object"]])
+    with pytest.raises(RecordError, match=f"{p}:2"):
+        load_seed(DataConfig(seed_path=str(p)))
+
+
+def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
+    r = rows(3)
+    del r[2]["response"]
+    p = write_jsonl(tmp_path / "s.jsonl", r)
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    msg = str(ei.value)
+    assert f"{p}:3" in msg
+    assert "'response'" in msg
+
+
+def test_non_string_field_names_file_line_and_field(tmp_path: Path) -> None:
+    r = rows(2)
+    r[1]["instruction"] = 17
+    p = write_jsonl(tmp_path / "s.jsonl", r)
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    assert f"{p}:2" in str(ei.value) and "'instruction'" in str(ei.value)
+
+
+def test_non_utf8_file_errors(tmp_path: Path) -> None:
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(json.dumps({"instruction": "Café?", "response": "Oui"}, ensure_ascii=False).encode("latin-1")
+                  + b"\n")
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    assert str(p) in str(ei.value)
+    assert "UTF-8" in str(ei.value)
+
+
+def test_non_utf8_json_file_errors(tmp_path: Path) -> None:
+    p = tmp_path / "latin1.json"
+    p.write_bytes(b'[{"instruction": "caf\xe9", "response": "x"}]')
+    with pytest.raises(RecordError, match="UTF-8"):
+        load_seed(DataConfig(seed_path=str(p)))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n   \n"])
+def test_empty_file_errors(tmp_path: Path, content: str) -> None:
+    p = tmp_path / "empty.jsonl"
+    p.write_text(content)
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    assert str(p) in str(ei.value) and "empty" in str(ei.value)
+
+
+def test_missing_file_errors(tmp_path: Path) -> None:
+    p = tmp_path / "nope.jsonl"
+    with pytest.raises(RecordError, match="not found"):
+        load_seed(DataConfig(seed_path=str(p)))
+
+
+def test_empty_instruction_or_response_errors(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "s.jsonl", [{"instruction": "Fine.", "response": "   "}])
+    with pytest.raises(RecordError, match=f"{p}:1"):
+        load_seed(DataConfig(seed_path=str(p)))
+
+
+def test_duplicate_ids_error(tmp_path: Path) -> None:
+    r = rows(3)
+    r[2]["id"] = "r0"
+    p = write_jsonl(tmp_path / "s.jsonl", r)
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    assert f"{p}:3" in str(ei.value) and "'r0'" in str(ei.value)
+
+
+def test_json_list_format(tmp_path: Path) -> None:
+    p = tmp_path / "seed.json"
+    p.write_text(json.dumps(rows(3), indent=2))
+    seeds = load_seed(DataConfig(seed_path=str(p)))
+    assert [(s.id, s.instruction, s.response) for s in seeds] == [
+        (f"r{i}", f"Instruction {i}", f"Response {i}") for i in range(3)]
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": rows(2)}))
+    assert [s.id for s in load_seed(DataConfig(seed_path=str(wrapped)))] == ["r0", "r1"]
+    # an explicit format wins over the file suffix
+    as_json = tmp_path / "seed.txt"
+    as_json.write_text(json.dumps(rows(2)))
+    assert len(load_seed(DataConfig(seed_path=str(as_json), format="json"))) == 2
+
+
+def test_json_errors_name_the_place(tmp_path: Path) -> None:
+    p = tmp_path / "bad.json"
+    p.write_text('[\n  {"instruction": "a", "response": "b"},\n  {"instruction": \n]')
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(p)))
+    assert f"{p}:" in str(ei.value) and "invalid JSON" in str(ei.value)
+    q = tmp_path / "missing.json"
+    q.write_text(json.dumps([{"instruction": "a", "response": "b"}, {"instruction": "c"}]))
+    with pytest.raises(RecordError) as ei:
+        load_seed(DataConfig(seed_path=str(q)))
+    assert f"{q}[1]" in str(ei.value) and "'response'" in str(ei.value)
+    obj = tmp_path / "obj.json"
+    obj.write_text(json.dumps({"instruction": "a", "response": "b"}))
+    with pytest.raises(RecordError, match="list"):
+        load_seed(DataConfig(seed_path=str(obj)))
+
+
+def test_limit(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "s.jsonl", rows(10))
+    assert [s.id for s in load_seed(DataConfig(seed_path=str(p), limit=3))] == ["r0", "r1", "r2"]
+    assert len(load_seed(DataConfig(seed_path=str(p), limit=50))) == 10
+
+
+def test_seeded_shuffle_is_deterministic(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "s.jsonl", rows(30))
+    cfg = DataConfig(seed_path=str(p), shuffle=True)
+    a = [s.id for s in load_seed(cfg, seed=0)]
+    b = [s.id for s in load_seed(cfg, seed=0)]
+    c = [s.id for s in load_seed(cfg, seed=1)]
+    assert a == b
+    assert a != c
+    assert sorted(a) == sorted(c) == sorted(f"r{i}" for i in range(30))
+    assert a != [f"r{i}" for i in range(30)]
+    # limit applies after the shuffle: the first N of the shuffled order
+    limited = [s.id for s in load_seed(DataConfig(seed_path=str(p), shuffle=True, limit=5), seed=0)]
+    assert limited == a[:5]
+
+
+def test_shuffle_of_shipped_seed_with_limit() -> None:
+    full = load_seed(DataConfig())
+    lim = load_seed(DataConfig(shuffle=True, limit=24), seed=0)
+    assert len(lim) == 24
+    assert {s.id for s in lim} <= {s.id for s in full}
+    assert [s.id for s in lim] == [s.id for s in load_seed(DataConfig(shuffle=True, limit=24), seed=0)]
+
+
+def test_review_examples_bad_score(tmp_path: Path) -> None:
+    good = {"instruction": "a", "response": "b", "rationale": "c"}
+    for score in (11, -1, "7", True, None):
+        p = write_jsonl(tmp_path / "rev.jsonl", [{**good, "score": 5}, {**good, "score": score}])
+        with pytest.raises(RecordError) as ei:
+            load_review_examples(DataConfig(review_examples_path=str(p)))
+        assert f"{p}:2" in str(ei.value) and "'score'" in str(ei.value)
+    p = write_jsonl(tmp_path / "rev.jsonl", [{**good, "score": 7.0}, {**good, "score": 6.5}])
+    scores = [ex["score"] for ex in load_review_examples(DataConfig(review_examples_path=str(p)))]
+    assert scores == [7, 6.5] and isinstance(scores[0], int)

@@ -1,0 +1,119 @@
+"""The whole loop on the real embedded SmolLM2-135M model, at a seconds-scale size.
+
+One tiny run (module fixture) is shared by the checks below; the resume test then removes a
+stage's output and runs again. Marked slow: it loads and trains the real model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lance_llm import models
+from lance_llm.config import load_config
+from lance_llm.loop import run
+from lance_llm.records import PreferencePair, Sample, SFTExample, read_records
+from lance_llm.stages.review import parse_score
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+# The tiny config, plus a split threshold in the middle of SmolLM2's (compressed) expected-score
+# range so both branches run, and a zero pair margin so the few degraded answers form pairs.
+OVERRIDES = [
+    "generate.threshold=4.1",
+    "generate.n_degraded=4",
+    "annotate.pair_margin=0.0",
+    "annotate.sft_threshold=3.0",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, list[str]]:
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    overrides = [*OVERRIDES, f"run_dir={run_dir}"]
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
+    summary = run(cfg)
+    return run_dir, summary, overrides
+
+
+def manifest(run_dir: Path, t: int, stage: str) -> dict:
+    return json.loads((run_dir / f"iter_{t:02d}" / f"{stage}.manifest.json").read_text())
+
+
+def test_every_stage_file_has_its_schema(tiny_run: tuple) -> None:
+    run_dir, summary, _ = tiny_run
+    it = run_dir / "iter_01"
+    seed = read_records(it / "seed_reviewed.jsonl", Sample)
+    assert len(seed) == 6 and all(s.review is not None and s.review.mode == "expected" for s in seed)
+    assert all(0 <= s.score <= 10 for s in seed)  # type: ignore[operator]
+    generated = read_records(it / "generated.jsonl", Sample)
+    seed_ids = {s.id for s in seed}
+    assert generated, "the model generated nothing"
+    assert all(g.parent_id in seed_ids and g.origin in ("new", "degraded") and g.iteration == 1 for g in generated)
+    assert all(g.model == models.fingerprint(models.resolve("smollm2-135m").path) for g in generated)
+    cleaned = read_records(it / "cleaned.jsonl", Sample)
+    dropped = [json.loads(line) for line in (it / "clean_dropped.jsonl").read_text().splitlines()]
+    assert len(cleaned) + len(dropped) == len(generated)  # nothing lost without a reason
+    reviewed = read_records(it / "reviewed.jsonl", Sample)
+    assert [r.id for r in reviewed] == [c.id for c in cleaned] and all(r.review for r in reviewed)
+    sft = read_records(it / "sft.jsonl", SFTExample)
+    sft0 = read_records(run_dir / "iter_00" / "sft.jsonl", SFTExample)
+    assert {e.id for e in sft0} <= {e.id for e in sft}  # accumulated
+    review_examples = [e for e in sft if e.source == "review_example"]
+    assert review_examples and all(parse_score(e.completion[0]["content"]) is not None for e in review_examples)
+    nxt = read_records(it / "next_seed.jsonl", Sample)
+    assert {s.id for s in nxt} == {s.id for s in seed} | {r.id for r in reviewed}  # the code's rule
+    assert (run_dir / "funnel.md").read_text().startswith("| iter |")
+    assert summary.final_model == it / "model"
+
+
+def test_pairs_respect_the_margin_and_come_from_high_seeds(tiny_run: tuple) -> None:
+    run_dir, _, _ = tiny_run
+    it = run_dir / "iter_01"
+    pairs = read_records(it / "dpo_new.jsonl", PreferencePair)
+    assert pairs, "no preference pair: the DPO path was not exercised"
+    scores = {s.id: s.score for s in read_records(it / "reviewed.jsonl", Sample)}
+    scores.update({s.id: s.score for s in read_records(it / "seed_reviewed.jsonl", Sample)})
+    for p in pairs:
+        assert p.score_chosen - p.score_rejected > 0.0
+        assert scores[p.chosen_id] == p.score_chosen and scores[p.rejected_id] == p.score_rejected
+        assert scores[p.parent_id] > 4.1  # only high-quality seeds are degraded
+        assert p.prompt[0]["role"] == "system" and p.prompt[1]["role"] == "user"
+
+
+def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_training_changed_every_parameter_and_checkpoints_load(tiny_run: tuple) -> None:
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _, _ = tiny_run
+    it = run_dir / "iter_01"
+    train = manifest(run_dir, 1, "train")["stats"]
+    assert train["sft"]["steps"] == 1 and train["dpo"]["steps"] == 1
+    base = load_file(str(models.resolve("smollm2-135m").path / "model.safetensors"))
+    after_sft = load_file(str(it / "model_sft" / "model.safetensors"))
+    after_dpo = load_file(str(it / "model" / "model.safetensors"))
+    assert set(base) == set(after_sft) == set(after_dpo)
+    assert _changed(base, after_sft) == list(base)  # every trainable tensor moved in SFT
+    assert _changed(after_sft, after_dpo) == list(base)  # and again in DPO
+    model = AutoModelForCausalLM.from_pretrained(str(it / "model"))
+    assert torch.equal(model.state_dict()["model.norm.weight"].to(torch.float32), after_dpo["model.norm.weight"])
+
+
+def test_resume_recomputes_only_the_removed_stage_from_the_cache(tiny_run: tuple) -> None:
+    run_dir, first, overrides = tiny_run
+    before = {s: manifest(run_dir, 1, s)["finished"] for s in ("review_seed", "generate", "clean", "annotate", "train")}
+    (run_dir / "iter_01" / "reviewed.jsonl").unlink()
+    again = run(load_config(ROOT / "configs" / "tiny.yaml", overrides))
+    assert again.llm_calls == {"hits": manifest(run_dir, 1, "review_generated")["stats"]["pairs"], "misses": 0}
+    after = {s: manifest(run_dir, 1, s)["finished"] for s in before}
+    assert after == before  # upstream and downstream stages were not rerun
+    assert (run_dir / "iter_01" / "reviewed.jsonl").exists()
+    assert first.final_model == again.final_model
