@@ -72,6 +72,22 @@ def test_every_stage_file_has_its_schema(tiny_run: tuple) -> None:
     assert summary.final_model == it / "model"
 
 
+def test_stage_files_load_with_datasets(tiny_run: tuple) -> None:
+    from datasets import load_dataset
+
+    run_dir, _, _ = tiny_run
+    it = run_dir / "iter_01"
+    for name in ("seed_reviewed", "generated", "cleaned", "reviewed", "sft", "dpo", "next_seed"):
+        path = it / f"{name}.jsonl"
+        n = sum(1 for line in path.read_text().splitlines() if line.strip())
+        ds = load_dataset("json", data_files=str(path), split="train")
+        assert len(ds) == n, name
+    sft = load_dataset("json", data_files=str(it / "sft.jsonl"), split="train")
+    assert {"prompt", "completion"} <= set(sft.column_names)  # TRL's prompt-completion format
+    dpo = load_dataset("json", data_files=str(it / "dpo.jsonl"), split="train")
+    assert {"prompt", "chosen", "rejected"} <= set(dpo.column_names)  # TRL's preference format
+
+
 def test_pairs_respect_the_margin_and_come_from_high_seeds(tiny_run: tuple) -> None:
     run_dir, _, _ = tiny_run
     it = run_dir / "iter_01"

@@ -29,7 +29,7 @@ from typing import Any
 from . import models
 from .backends.base import Backend
 from .backends.cache import CachedBackend
-from .config import Config
+from .config import Config, ConfigError
 from .funnel import funnel_markdown, funnel_row
 from .prompts import load
 from .records import (
@@ -70,9 +70,8 @@ class Runner:
         self.cfg = cfg
         self.rd = RunDir(cfg.run_dir)
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
-        self.system = (Path(cfg.system_prompt_path).read_text(encoding="utf-8").strip()
-                       if cfg.system_prompt_path else load("system"))
         self.calls = {"hits": 0, "misses": 0}
+        self.system = ""
 
     # -- stage plumbing --------------------------------------------------------------------
     def stage(self, t: int, name: str, inputs: dict[str, Path], params: dict[str, Any], outputs: list[str],
@@ -105,10 +104,22 @@ class Runner:
         return stats
 
     # -- iteration 0 -----------------------------------------------------------------------
-    def prepare(self) -> Path:
-        cfg, rd = self.cfg, self.rd
+    def preflight(self) -> tuple[models.ResolvedModel, list[Sample], list[dict[str, Any]]]:
+        """Check every input before the run directory is touched: a bad seed file or a missing
+        decontamination file fails here, with its name, not an hour into the run."""
+        cfg = self.cfg
+        for i, p in enumerate(cfg.clean.decontaminate_paths):
+            if not Path(p).is_file():
+                raise ConfigError(f"clean.decontaminate_paths[{i}]: file not found: {p}")
+        if cfg.system_prompt_path and not Path(cfg.system_prompt_path).is_file():
+            raise ConfigError(f"system_prompt_path: file not found: {cfg.system_prompt_path}")
         seed0 = load_seed(cfg.data, cfg.seed)
         examples = load_review_examples(cfg.data)
+        base = models.resolve(cfg.model.source, cfg.model.cache_dir)
+        return base, seed0, examples
+
+    def prepare(self, base: models.ResolvedModel, seed0: list[Sample], examples: list[dict[str, Any]]) -> Path:
+        cfg, rd = self.cfg, self.rd
 
         def body() -> dict[str, Any]:
             write_records(rd.path(0, "seed.jsonl"), seed0)
@@ -120,7 +131,6 @@ class Runner:
         self.stage(0, "prepare", {}, {"data": cfg.data, "seed_items": [s.to_dict() for s in seed0],
                                       "examples": examples},
                    ["seed.jsonl", "sft.jsonl", "dpo.jsonl"], body)
-        base = models.resolve(cfg.model.source, cfg.model.cache_dir)
         if not cfg.train.m0_sft:
             return base.path
         out = rd.path(0, "model")
@@ -267,11 +277,13 @@ class Runner:
     def run(self) -> RunSummary:
         cfg = self.cfg
         t_start = time.time()
-        base = models.resolve(cfg.model.source, cfg.model.cache_dir)
+        base, seed0, examples = self.preflight()
+        self.system = (Path(cfg.system_prompt_path).read_text(encoding="utf-8").strip()
+                       if cfg.system_prompt_path else load("system"))
         self.rd.open(cfg.to_dict(), {"base_model": base.to_dict(), "seed": cfg.seed})
         try:
             summary = RunSummary(run_dir=self.rd.root, final_model=base.path)
-            model_path = self.prepare()
+            model_path = self.prepare(base, seed0, examples)
             for t in range(1, cfg.iterations + 1):
                 model_path, stats = self.iteration(t, model_path)
                 row = funnel_row(t, stats)

@@ -163,6 +163,7 @@ class ResolvedModel:
         return {
             "path": str(self.path),
             "fingerprint": self.fingerprint,
+            "chat_template_hash": chat_template_hash(self.path),
             "source": self.source,
             "source_sha256": self.source_sha256,
         }
@@ -255,7 +256,7 @@ def resolve(source: str, cache_dir: str | None = None) -> ResolvedModel:
                 "a checkpoint directory, a .gguf file or a hub id"
             )
     if gguf is not None:
-        digest = sha256_file(gguf)
+        digest = BUILTINS[source].sha256 if source in BUILTINS else sha256_file(gguf)  # builtins: just verified
         out = cache_root(cache_dir) / "checkpoints" / f"{gguf.stem}-{digest[:12]}"
         if not (out / "config.json").exists():
             convert_gguf(gguf, out)

@@ -30,7 +30,8 @@ _FINAL_RE = re.compile(r"final\s*answer\s*\**\s*[:：]\s*\**", re.IGNORECASE)
 # Small models keep writing after their answer, often a new worked example; a template section
 # label at the start of a line ends the answer.
 _SECTION_RE = re.compile(
-    r"\n\s*\**\s*(original\s+(instruction|answer|response)|thought\s+process|instruction|example\s*\d*)\s*\**\s*:",
+    r"\n\s*\**\s*((original\s+(instruction|answer|response)|thought\s+process|instruction|example\s*\d*)\s*\**\s*:"
+    r"|example\s+\d+\s*\**\s*(\n|$))",
     re.IGNORECASE,
 )
 _FENCE_RE = re.compile(r"^```[\w-]*\n(.*?)\n?```$", re.DOTALL)
