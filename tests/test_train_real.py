@@ -1,0 +1,55 @@
+"""The train stage on the real embedded model with LoRA: adapters train, merge, and save as a plain
+checkpoint with the base's tensor names. (Full fine-tuning is covered by test_loop_real.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lance_llm import models
+from lance_llm.config import LoraConfig, StepConfig, TrainConfig
+from lance_llm.records import assistant, chat_prompt
+from lance_llm.stages.train import train_dpo, train_sft
+
+pytestmark = pytest.mark.slow
+SYSTEM = "You are a helpful assistant."
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_lora_sft_then_dpo_merges_into_a_plain_checkpoint(tmp_path: Path) -> None:
+    base_path = models.resolve("smollm2-135m").path
+    sft = _write(tmp_path / "sft.jsonl", [
+        {"id": f"s{i}", "prompt": chat_prompt(SYSTEM, f"What is {i} plus {i}?"),
+         "completion": assistant(f"{i} plus {i} is {2 * i}."), "source": "seed", "iteration": 0, "score": None}
+        for i in range(4)])
+    dpo = _write(tmp_path / "dpo.jsonl", [
+        {"id": f"p{i}", "prompt": chat_prompt(SYSTEM, f"What is {i} plus {i}?"),
+         "chosen": assistant(f"{i} plus {i} is {2 * i}."), "rejected": assistant(f"{i} plus {i} is {2 * i + 3}."),
+         "parent_id": "x", "chosen_id": "c", "rejected_id": "r", "score_chosen": 9.0, "score_rejected": 2.0,
+         "iteration": 1}
+        for i in range(4)])
+    cfg = TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+                      sft=StepConfig(max_steps=2, learning_rate=1e-3, max_length=128),
+                      dpo=StepConfig(max_steps=1, learning_rate=1e-3, max_length=128))
+    after_sft = train_sft(base_path, sft, tmp_path / "sft_model", cfg, seed=0)
+    after_dpo = train_dpo(after_sft.path, dpo, tmp_path / "dpo_model", cfg, seed=0)
+    assert after_sft.steps == 2 and after_dpo.steps == 1
+
+    base = load_file(str(base_path / "model.safetensors"))
+    s = load_file(str(after_sft.path / "model.safetensors"))
+    d = load_file(str(after_dpo.path / "model.safetensors"))
+    assert set(s) == set(base) == set(d)  # merged: no adapter tensors left, same names as the base
+    targeted = [k for k in base if k.endswith(("q_proj.weight", "v_proj.weight"))]
+    assert len(targeted) == 60
+    assert all(not torch.equal(base[k], s[k]) for k in targeted)  # every adapted matrix moved
+    assert all(not torch.equal(s[k], d[k]) for k in targeted)
+    untouched = [k for k in base if k not in targeted]
+    assert all(torch.equal(base[k], s[k]) for k in untouched)  # LoRA leaves the rest frozen
