@@ -482,3 +482,27 @@ def test_review_examples_bad_score(tmp_path: Path) -> None:
     p = write_jsonl(tmp_path / "rev.jsonl", [{**good, "score": 7.0}, {**good, "score": 6.5}])
     scores = [ex["score"] for ex in load_review_examples(DataConfig(review_examples_path=str(p)))]
     assert scores == [7, 6.5] and isinstance(scores[0], int)
+
+
+def test_saved_hf_dataset_seed_with_custom_fields(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    Dataset.from_list([
+        {"id": "h1", "prompt": "Name a prime number.", "answer": "Seven is a prime number."},
+        {"id": "h2", "prompt": "Name an even number.", "answer": "Eight is an even number."},
+    ]).save_to_disk(str(tmp_path / "ds"))
+    cfg = DataConfig(seed_path=str(tmp_path / "ds"), instruction_field="prompt", response_field="answer")
+    seeds = load_seed(cfg)
+    assert [(s.id, s.instruction, s.response) for s in seeds] == [
+        ("h1", "Name a prime number.", "Seven is a prime number."),
+        ("h2", "Name an even number.", "Eight is an even number."),
+    ]
+
+
+def test_the_real_self_instruct_seed_tasks_load_when_present() -> None:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"
+    if not path.exists():
+        pytest.skip("shared/ data not beside this checkout")
+    seeds = load_seed(DataConfig(seed_path=str(path)))
+    assert len(seeds) >= 175  # one seed per instance
+    assert all(s.instruction.strip() and s.response.strip() for s in seeds)

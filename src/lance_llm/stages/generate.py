@@ -86,6 +86,13 @@ class GenerateStats:
         return dict(self.__dict__)
 
 
+def _parse_all(replies: Sequence[str]) -> tuple[list[tuple[int, str]], int]:
+    """(index, parsed Final Answer) for the replies that have one, and the number that do not."""
+    parsed = [(k, parse_final_answer(text)) for k, text in enumerate(replies)]
+    ok = [(k, text) for k, text in parsed if text is not None]
+    return ok, len(parsed) - len(ok)
+
+
 def _sampling(cfg: SamplingConfig, n: int, seed: int) -> Sampling:
     return Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, n, seed)
 
@@ -101,36 +108,28 @@ def generate(
 ) -> tuple[list[Sample], GenerateStats]:
     stats = GenerateStats(low_seeds=len(low), high_seeds=len(high))
     fp = backend.fingerprint
+
+    def prompted(samples: Sequence[Sample], template: str, n: int, tag: str) -> list[GenerateRequest]:
+        return [
+            GenerateRequest(
+                (("system", system), ("user", render(load(template), instruction=s.instruction, response=s.response))),
+                _sampling(cfg.sampling, n, stable_int(seed, iteration, tag, s.id)),
+            )
+            for s in samples
+        ]
+
     # every request of both branches goes to the backend in one call, so it can batch them all
-    instr_reqs = [
-        GenerateRequest(
-            (("system", system), ("user", render(load("new_instruction"), instruction=s.instruction,
-                                                 response=s.response))),
-            _sampling(cfg.sampling, cfg.n_instructions, stable_int(seed, iteration, "instruction", s.id)),
-        )
-        for s in low
-    ]
-    degrade_reqs = [
-        GenerateRequest(
-            (("system", system), ("user", render(load("degrade_response"), instruction=s.instruction,
-                                                 response=s.response))),
-            _sampling(cfg.sampling, cfg.n_degraded, stable_int(seed, iteration, "degrade", s.id)),
-        )
-        for s in high
-    ]
-    replies = backend.generate(instr_reqs + degrade_reqs)
+    replies = backend.generate(prompted(low, "new_instruction", cfg.n_instructions, "instruction")
+                               + prompted(high, "degrade_response", cfg.n_degraded, "degrade"))
     instr_replies, degrade_replies = replies[: len(low)], replies[len(low) :]
 
     # low branch: parse new instructions, then answer each of them
     new_instructions: list[tuple[Sample, int, str]] = []  # (parent, index, instruction)
     for parent, outs in zip(low, instr_replies, strict=True):
-        for k, text in enumerate(outs):
-            stats.instruction_replies += 1
-            parsed = parse_final_answer(text)
-            if parsed is None:
-                stats.instruction_parse_failures += 1
-            else:
-                new_instructions.append((parent, k, parsed))
+        parsed, failures = _parse_all(outs)
+        stats.instruction_replies += len(outs)
+        stats.instruction_parse_failures += failures
+        new_instructions.extend((parent, k, text) for k, text in parsed)
     stats.new_instructions = len(new_instructions)
     answer_reqs = [
         GenerateRequest(
@@ -150,16 +149,14 @@ def generate(
 
     # high branch: degraded responses to the seed's own instruction
     for parent, outs in zip(high, degrade_replies, strict=True):
-        for k, text in enumerate(outs):
-            stats.degrade_replies += 1
-            parsed = parse_final_answer(text)
-            if parsed is None:
-                stats.degrade_parse_failures += 1
-                continue
+        parsed, failures = _parse_all(outs)
+        stats.degrade_replies += len(outs)
+        stats.degrade_parse_failures += failures
+        for k, text in parsed:
             candidates.append(Sample(
                 id=make_id(iteration, "degraded", parent.id, k), instruction=parent.instruction,
-                response=parsed, origin="degraded", parent_id=parent.id, iteration=iteration,
+                response=text, origin="degraded", parent_id=parent.id, iteration=iteration,
                 stage="generate", model=fp,
             ))
-            stats.degraded_responses += 1
+        stats.degraded_responses += len(parsed)
     return candidates, stats
