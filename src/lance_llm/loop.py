@@ -31,7 +31,7 @@ from .backends.base import Backend
 from .backends.cache import CachedBackend
 from .config import Config, ConfigError
 from .funnel import funnel_markdown, funnel_row
-from .prompts import load
+from .prompts import load, templates_hash
 from .records import (
     PreferencePair,
     Sample,
@@ -76,7 +76,7 @@ class Runner:
     # -- stage plumbing --------------------------------------------------------------------
     def stage(self, t: int, name: str, inputs: dict[str, Path], params: dict[str, Any], outputs: list[str],
               body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        params = {**params, "seed": self.cfg.seed, "system": self.system}
+        params = {**params, "seed": self.cfg.seed, "system": self.system, "prompts": templates_hash()}
         done = self.rd.completed(t, name, inputs, params)
         if done is not None:
             self.echo(f"[iter {t}] {name}: done earlier, skipped")

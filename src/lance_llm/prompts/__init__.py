@@ -7,6 +7,7 @@ without touching code. Placeholders are `{{name}}`; `render` fails loudly on a m
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,15 @@ def load(name: str) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no prompt template {path}")
     return path.read_text(encoding="utf-8").strip()
+
+
+def templates_hash() -> str:
+    """A hash of every template, so a run redoes the LLM stages when a prompt is edited."""
+    h = hashlib.sha256()
+    for path in sorted(HERE.glob("*.txt")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def render(template: str, **values: str) -> str:

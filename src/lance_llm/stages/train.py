@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ import torch
 from ..config import StepConfig, TrainConfig
 
 log = logging.getLogger(__name__)
+# TRL still passes `gradient_checkpointing`; the rename warning is transformers' business, not the user's
+warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
 @dataclass
