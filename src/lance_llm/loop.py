@@ -41,6 +41,7 @@ from .records import (
     stable_int,
     write_records,
 )
+from .report import write_report
 from .rundir import RunDir
 from .seeds import load_review_examples, load_seed
 from .stages import annotate, clean, generate, review, train
@@ -82,11 +83,25 @@ class Runner:
             self.echo(f"[iter {t}] {name}: done earlier, skipped")
             return done["stats"]
         self.echo(f"[iter {t}] {name} ...")
+        self._clear_partial(t, outputs)
         t0 = time.time()
         stats = body()
         self.rd.write_manifest(t, name, inputs, params, outputs, stats, time.time() - t0)
         self.echo(f"[iter {t}] {name}: {time.time() - t0:.1f}s")
         return stats
+
+    def _clear_partial(self, t: int, outputs: list[str]) -> None:
+        """Remove what a killed attempt at this stage left: temp files of atomic writes
+        (`.NAME.*.tmp`), half-saved checkpoints (`.NAME.*`) and trainer scratch (`.NAME.work`)."""
+        folder = self.rd.iter_dir(t)
+        if not folder.is_dir():
+            return
+        for name in outputs:
+            for p in folder.glob(f".{name}.*"):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     def backend(self, model_path: Path, label: str) -> CachedBackend:
         fp = models.fingerprint(model_path)
@@ -292,6 +307,7 @@ class Runner:
                 atomic_write_text(self.rd.path(t, "funnel.json"), json.dumps(row, indent=2, default=str))
                 atomic_write_text(self.rd.root / "funnel.md", table + "\n")
                 self.echo("\n" + table + "\n")
+            self.echo(f"report: {write_report(self.rd.root)}")
             summary.final_model = model_path
             summary.llm_calls = dict(self.calls)
             summary.seconds = time.time() - t_start

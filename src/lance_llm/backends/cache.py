@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ class CachedBackend(Backend):
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT NOT NULL, "
             "model TEXT NOT NULL, request TEXT NOT NULL, result TEXT NOT NULL)"
         )
+        # A write-ahead record of every request handed to the model. A key attempted twice was lost
+        # in flight by a crash; this is how a resumed run proves it repeated no more than one chunk.
+        self.db.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT NOT NULL, at REAL NOT NULL)")
         self.db.commit()
 
     @property
@@ -86,6 +90,9 @@ class CachedBackend(Backend):
         )
         for start in range(0, len(todo), self.chunk_size):
             chunk = todo[start : start + self.chunk_size]
+            with self.db:
+                now = time.time()
+                self.db.executemany("INSERT INTO attempts VALUES (?, ?)", [(k, now) for k, _ in chunk])
             answers = call([r for _, r in chunk])
             if len(answers) != len(chunk):
                 raise RuntimeError(f"backend returned {len(answers)} results for {len(chunk)} requests")
@@ -103,6 +110,11 @@ class CachedBackend(Backend):
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def repeated_attempts(self) -> int:
+        """Requests the model was asked more than once (each extra ask counts once)."""
+        row = self.db.execute("SELECT COUNT(*) - COUNT(DISTINCT key) FROM attempts").fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         if self._inner is not None:
