@@ -1,7 +1,8 @@
-"""`lance`: the command line. Thin: it parses arguments and calls the loop or the model registry.
+"""`lance`: the command line. Thin: it parses arguments and calls the loop, the report or the model registry.
 
     lance run configs/default.yaml --set iterations=1 --set review.mode=sampled
     lance config configs/default.yaml --set generate.threshold=6.5   # print the resolved config
+    lance report runs/default [--out FILE]   # write the run's HTML report (default RUN_DIR/report.html)
     lance models list | lance models pull qwen2.5-coder-0.5b | lance models resolve PATH_OR_NAME
 """
 
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_cfg = sub.add_parser("config", help="print the resolved config (file + overrides + defaults) as YAML")
     _add_config_args(p_cfg)
+
+    p_rep = sub.add_parser("report", help="write a self-contained HTML report of a run directory",
+                           description="Write one HTML file (plots inlined, no external resources) with the "
+                           "run's funnel, score and margin distributions, diversity, timings and samples. "
+                           "Works on a partial run: what was not reached is marked so.")
+    p_rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json)")
+    p_rep.add_argument("--out", metavar="FILE", help="where to write the report (default RUN_DIR/report.html)")
 
     p_models = sub.add_parser("models", help="list, fetch or resolve models")
     msub = p_models.add_subparsers(dest="models_command", required=True)
@@ -100,6 +109,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(models.pull(args.name))
         else:
             print(json.dumps(models.resolve(args.source).to_dict(), indent=2))
+        return 0
+    if args.command == "report":
+        from .report import write_report
+
+        print(write_report(Path(args.run_dir), Path(args.out) if args.out else None))
         return 0
     from .loop import run
 

@@ -1,0 +1,459 @@
+"""The run report: one self-contained HTML page that shows what a LANCE run did to its data.
+
+    lance report runs/default                  # writes runs/default/report.html
+    python -m lance_llm.report runs/default    # the same, without the CLI
+
+The page holds the run's header (base model, libraries, config highlights), the data funnel of
+every iteration, clean drops by rule, a curve over iterations and, per iteration: judge-score
+histograms (seed vs generated), preference-pair margins, parse failures, diversity of the
+generated text, time and LLM calls per stage, and a few sampled SFT examples and pairs. When
+`eval/results.json` exists, an evaluation table and curve are added.
+
+Plots are PNGs inlined as base64 (no external resource, no JavaScript). Everything read from the
+run is model output and is HTML-escaped. A run that stopped part-way is reported as far as it
+got; what is missing is marked "not reached". The report never writes anything but its own file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import random
+import re
+import sys
+from collections.abc import Callable
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .funnel import COLUMNS
+from .records import PreferencePair, Sample, SFTExample, atomic_write_text, read_records
+from .rundir import RunDirError
+
+ITER_STAGES = ["review_seed", "generate", "clean", "review_generated", "annotate", "train"]
+LLM_STAGES = {"review_seed", "generate", "review_generated"}
+MAX_ROUGE_TEXTS = 200  # self-ROUGE is quadratic in pure Python: 200 texts = 19,900 LCS computations
+N_EXAMPLES = 3
+MAX_CHARS = 1500  # per shown text; a runaway generation should not bury the page
+NA = '<p class="na">not reached</p>'
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1200px;
+color:#1d1d1f;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:16px 0 6px}
+table{border-collapse:collapse;margin:6px 0 10px}td,th{border:1px solid #d0d0d0;padding:3px 7px}
+th{background:#f2f4f7;font-weight:600}td{text-align:right}td.l,th.l{text-align:left}
+.na{color:#888;font-style:italic}.err{color:#b00020}.muted{color:#666}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.pair>div{width:560px}img.plot{max-width:100%;border:1px solid #eee}
+.ex{border:1px solid #e2e2e2;border-radius:4px;padding:6px 10px;margin:6px 0;background:#fafafa}
+.ex pre{white-space:pre-wrap;word-break:break-word;margin:2px 0 6px;font:13px/1.4 ui-monospace,monospace}
+"""
+
+
+# -- small pure helpers ----------------------------------------------------------------------
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (punctuation is not a word)."""
+    return re.findall(r"\w+", text.lower())
+
+
+def distinct_n(texts: list[str], n: int) -> float | None:
+    """Distinct n-grams / all n-grams over the texts (n-grams never cross a text boundary)."""
+    grams = [tuple(w[i:i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def self_rouge(texts: list[str], max_texts: int = MAX_ROUGE_TEXTS, seed: int = 0) -> float | None:
+    """Mean pairwise ROUGE-L F1 over at most `max_texts` texts sampled with a fixed seed.
+    High = the texts repeat each other."""
+    if len(texts) < 2:
+        return None
+    from rouge_score import rouge_scorer
+
+    if len(texts) > max_texts:
+        texts = random.Random(seed).sample(texts, max_texts)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scores = [scorer.score(a, b)["rougeL"].fmeasure for a, b in combinations(texts, 2)]
+    return sum(scores) / len(scores)
+
+
+def diversity(texts: list[str]) -> dict[str, float | int | None]:
+    toks = [words(t) for t in texts]
+    n_words = sum(map(len, toks))
+    return {
+        "texts": len(texts),
+        "distinct-1": distinct_n(texts, 1),
+        "distinct-2": distinct_n(texts, 2),
+        "mean length (words)": n_words / len(texts) if texts else None,
+        "mean word length (chars)": sum(len(w) for t in toks for w in t) / n_words if n_words else None,
+        "self-ROUGE-L": self_rouge(texts),
+    }
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return esc(value)
+
+
+def _table(header: list[str], rows: list[list[str]], attrs: str = "", left: int = 1) -> str:
+    """An HTML table; cells are already HTML. The first `left` columns are left-aligned labels."""
+    cls = [' class="l"' if i < left else "" for i in range(len(header))]
+    head = "".join(f"<th{c}>{h}</th>" for c, h in zip(cls, header, strict=True))
+    body = "".join("<tr>" + "".join(f"<td{c}>{v}</td>" for c, v in zip(cls, r, strict=True)) + "</tr>" for r in rows)
+    return f"<table{attrs}><tr>{head}</tr>{body}</table>"
+
+
+def _png(draw: Callable[[Any], None], alt: str, size: tuple[float, float] = (6.0, 3.0)) -> str:
+    """Render one plot to an inline <img>. matplotlib is imported here, with the Agg canvas and
+    no pyplot, so importing lance_llm.loop stays light and no global backend state is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=90)
+    FigureCanvasAgg(fig)
+    draw(fig.add_subplot())
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img class="plot" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _guard(fn: Callable[..., str], *args: Any) -> str:
+    """One part of the page. The report is read most when a run went wrong, so one unreadable
+    file shows as an error in its own part instead of losing the whole page."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        return f'<p class="err">could not render this part: {esc(type(e).__name__)}: {esc(e)}</p>'
+
+
+# -- reading the run directory ---------------------------------------------------------------
+class Run:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.meta = self.json(root / "run.json") or {}
+        try:
+            cfg = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            cfg = None
+        self.cfg: dict[str, Any] = cfg if isinstance(cfg, dict) else {}
+        found = [int(p.name[5:]) for p in root.glob("iter_[0-9][0-9]*") if p.is_dir() and p.name[5:].isdigit()]
+        planned = self.cfg.get("iterations") if isinstance(self.cfg.get("iterations"), int) else 0
+        self.iterations = list(range(1, max([planned, *found]) + 1))
+
+    @staticmethod
+    def json(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def conf(self, dotted: str) -> Any:
+        node: Any = self.cfg
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    def dir(self, t: int) -> Path:
+        return self.root / f"iter_{t:02d}"
+
+    def manifest(self, t: int, stage: str) -> dict[str, Any] | None:
+        m = self.json(self.dir(t) / f"{stage}.manifest.json")
+        return m if isinstance(m, dict) else None
+
+    def stats(self, t: int, stage: str) -> dict[str, Any] | None:
+        m = self.manifest(t, stage)
+        return m.get("stats") if m else None
+
+    def records(self, t: int, name: str, cls: type) -> list | None:
+        """The records of iter_NN/NAME, or None when the file was never written (not reached)."""
+        path = self.dir(t) / name
+        return read_records(path, cls) if path.is_file() else None
+
+    def funnel(self, t: int) -> dict[str, Any] | None:
+        row = self.json(self.dir(t) / "funnel.json")
+        return row if isinstance(row, dict) else None
+
+
+def _judge_score(s: Sample) -> float | None:
+    if s.review is None:
+        return None
+    return s.review.raw_score if s.review.raw_score is not None else s.review.score
+
+
+# -- the parts of the page -------------------------------------------------------------------
+def header(run: Run) -> str:
+    base = run.meta.get("base_model") or {}
+    libs = run.meta.get("libraries") or {}
+    fields = [k for k in ("source", "fingerprint", "chat_template_hash", "source_sha256") if k in base]
+    model = (_table(["field", "value"], [[esc(k), f"<code>{esc(base[k])}</code>"] for k in fields], left=2)
+             if fields else '<p class="na">run.json has no base model</p>')
+    keys = ["iterations", "seed", "model.source", "data.limit", "review.mode", "review.scale", "review.samples",
+            "generate.threshold", "annotate.sft_threshold", "annotate.pair_margin", "clean.rouge_threshold",
+            "annotate.next_seed", "train.method"]
+    cells = [[esc(k), "–" if (v := run.conf(k)) is None else esc(v)] for k in keys]
+    cells += [["", ""]] * (len(cells) % 2)
+    half = len(cells) // 2  # two (setting, value) column pairs: half the height
+    rows = [left + right for left, right in zip(cells[:half], cells[half:], strict=True)]
+    config = (_table(["setting", "value"] * 2, rows, left=4) if run.cfg
+              else '<p class="na">config.yaml missing or unreadable</p>')
+    lib_line = " · ".join(f"{esc(k)} {esc(v)}" for k, v in libs.items()) or "unknown"
+    return (f"<h1>LANCE run report: {esc(run.root.name)}</h1>"
+            f'<p class="muted">{esc(run.root.resolve())} · run.json updated {esc(run.meta.get("updated", "?"))}'
+            f' · base checkpoint <code>{esc(base.get("path", "?"))}</code></p>'
+            f'<div class="plots"><div><h3>Base model</h3>{model}</div>'
+            f"<div><h3>Config highlights</h3>{config}</div></div>"
+            f'<p class="muted">Libraries: {lib_line}</p>')
+
+
+def funnel_table(run: Run) -> str:
+    names = [name for name, _ in COLUMNS]
+    head = "".join(f'<th title="{esc(desc)}">{esc(name)}</th>' for name, desc in COLUMNS)
+    rows = []
+    for t in run.iterations:
+        row = run.funnel(t)
+        cells = ("".join(f"<td>{esc(row.get(n, ''))}</td>" for n in names) if row else
+                 f'<td>{t}</td><td class="l na" colspan="{len(names) - 1}">not reached</td>')
+        rows.append(f"<tr>{cells}</tr>")
+    legend = "".join(f"<li><b>{esc(n)}</b>: {esc(d)}</li>" for n, d in COLUMNS)
+    return (f'<table id="funnel"><tr>{head}</tr>{"".join(rows)}</table>'
+            f"<details><summary>What the columns count</summary><ul>{legend}</ul></details>")
+
+
+def clean_drops(run: Run) -> str:
+    per_iter = {t: run.stats(t, "clean") for t in run.iterations}
+    rules = sorted({k for st in per_iter.values() if st for k, v in st.items() if k not in ("input", "kept") and v})
+    rows = []
+    for t, st in per_iter.items():
+        if st is None:
+            rows.append([str(t), '<span class="na">not reached</span>'] + [""] * len(rules))
+        else:
+            rows.append([str(t), fmt(st.get("input"))] + [fmt(st.get(r, 0)) for r in rules])
+    note = "" if rules else '<p class="muted">No candidate was dropped by any rule.</p>'
+    return _table(["iter", "generated", *map(esc, rules)], rows) + note
+
+
+def curve(run: Run) -> str:
+    rows = [r for r in map(run.funnel, run.iterations) if r]
+    if not rows:
+        return NA
+    series = ["SFT kept", "pairs", "cleaned", "parse fail"]
+
+    def draw(ax: Any) -> None:
+        xs = [r["iter"] for r in rows]
+        for name in series:
+            ax.plot(xs, [r.get(name, 0) for r in rows], marker="o", label=name)
+        ax.set_xticks(xs)
+        ax.set(xlabel="iteration", ylabel="count", title="Per iteration")
+        ax.legend(fontsize=8)
+
+    return _png(draw, "SFT kept, pairs, cleaned and parse failures per iteration", (7.0, 3.2))
+
+
+def stage_table(run: Run, t: int, stages: list[str]) -> str:
+    rows, total = [], 0.0
+    for stage in stages:
+        m = run.manifest(t, stage)
+        if m is None:
+            rows.append([esc(stage), '<span class="na">not reached</span>', "", ""])
+            continue
+        total += float(m.get("seconds") or 0)
+        calls = (m.get("stats") or {}).get("llm_calls")
+        new, cached = (fmt(calls.get("misses")), fmt(calls.get("hits"))) if calls else ("–", "–")
+        rows.append([esc(stage), f"{float(m.get('seconds') or 0):.1f}", new, cached])
+    rows.append(["<b>total</b>", f"<b>{total:.1f}</b>", "", ""])
+    return _table(["stage", "seconds", "LLM calls (new)", "LLM calls (cached)"], rows)
+
+
+def parse_failures(run: Run, t: int) -> str:
+    spec = [("judge, seed review", "review_seed", "reply_parse_failures", "replies"),
+            ("generator, new instructions", "generate", "instruction_parse_failures", "instruction_replies"),
+            ("generator, degraded answers", "generate", "degrade_parse_failures", "degrade_replies"),
+            ("judge, generated review", "review_generated", "reply_parse_failures", "replies")]
+    rows = []
+    for label, stage, failed, of in spec:
+        st = run.stats(t, stage)
+        rows.append([esc(label), fmt(st.get(failed)), fmt(st.get(of))] if st is not None
+                    else [esc(label), '<span class="na">not reached</span>', ""])
+    return _table(["replies", "did not parse", "of"], rows)
+
+
+def score_histogram(run: Run, t: int) -> str:
+    seed = run.records(t, "seed_reviewed.jsonl", Sample)
+    gen = run.records(t, "reviewed.jsonl", Sample)
+    if seed is None and gen is None:
+        return NA
+    groups = {"seed": seed or [], "generated": gen or []}
+    raw = any(s.review is not None and s.review.raw_score is not None for g in groups.values() for s in g)
+    scale = ("the judge's raw score (before rank scaling)" if raw
+             else f"the judge's score (review.scale={run.conf('review.scale') or 'raw'})")
+    values = {k: [x for x in map(_judge_score, g) if x is not None] for k, g in groups.items()}
+    note = (f'<p class="muted">Scale: {esc(scale)}, review.mode={esc(run.conf("review.mode"))}. '
+            f"Scored: {len(values['seed'])} seed, {len(values['generated'])} generated"
+            + ("; generated candidates: not reached" if gen is None else "") + ".</p>")
+    if not any(values.values()):
+        return note + '<p class="na">no scores</p>'
+    lo, hi = min(min(v) for v in values.values() if v), max(max(v) for v in values.values() if v)
+    bins = [lo + (hi - lo or 1.0) * i / 20 for i in range(21)]
+
+    def draw(ax: Any) -> None:
+        for (name, v), color in zip(values.items(), ("#4C72B0", "#DD8452"), strict=True):
+            if v:
+                ax.hist(v, bins=bins, alpha=0.6, color=color, label=f"{name} ({len(v)})")
+        ax.set(xlabel="raw judge score" if raw else "score", ylabel="items", title=f"Iteration {t}: judge scores")
+        ax.legend(fontsize=8)
+
+    return _png(draw, f"iteration {t}: histogram of judge scores, seed vs generated") + note
+
+
+def margins(run: Run, t: int) -> str:
+    pairs = run.records(t, "dpo_new.jsonl", PreferencePair)
+    if pairs is None:
+        return NA
+    if not pairs:
+        return '<p class="na">no pairs</p>'
+    values = [p.score_chosen - p.score_rejected for p in pairs]
+
+    def draw(ax: Any) -> None:
+        ax.hist(values, bins=min(20, max(5, len(values))), color="#55A868")
+        if isinstance(margin := run.conf("annotate.pair_margin"), (int, float)):
+            ax.axvline(margin, color="k", ls="--", lw=1, label=f"pair_margin {margin}")
+            ax.legend(fontsize=8)
+        ax.set(xlabel="score_chosen − score_rejected", ylabel="pairs", title=f"Iteration {t}: pair margins")
+
+    return (_png(draw, f"iteration {t}: histogram of preference-pair margins") +
+            f'<p class="muted">{len(values)} pairs; margin on the scale used for pairing '
+            f"(review.scale={esc(run.conf('review.scale') or 'raw')}); mean {sum(values) / len(values):.3f}.</p>")
+
+
+def diversity_table(run: Run, t: int) -> str:
+    gen = run.records(t, "generated.jsonl", Sample)
+    if gen is None:
+        return NA
+    # answers to one new instruction share it: count each instruction once, and only the new
+    # ones (a degraded answer keeps its seed's instruction)
+    instructions = list(dict.fromkeys(s.instruction for s in gen if s.origin == "new"))
+    groups = {"new instructions (distinct)": instructions, "responses (new + degraded)": [s.response for s in gen]}
+    stats = {k: diversity(v) for k, v in groups.items()}
+    cols = list(next(iter(stats.values())))
+    return _table(["generated", *map(esc, cols)], [[esc(k), *(fmt(v) for v in d.values())] for k, d in stats.items()])
+
+
+def _pick(items: list, t: int) -> list:
+    rng = random.Random(t)  # fixed per iteration: the same report for the same run
+    return [items[i] for i in sorted(rng.sample(range(len(items)), min(N_EXAMPLES, len(items))))]
+
+
+def _text(msgs: list[dict[str, str]], role: str) -> str:
+    text = next((m["content"] for m in reversed(msgs) if m["role"] == role), "")
+    return f"<pre>{esc(text[:MAX_CHARS] + ('…' if len(text) > MAX_CHARS else ''))}</pre>"
+
+
+def examples(run: Run, t: int) -> str:
+    sft = run.records(t, "sft_new.jsonl", SFTExample)
+    pairs = run.records(t, "dpo_new.jsonl", PreferencePair)
+    out = ["<h3>Accepted SFT examples</h3>"]
+    if sft is None:
+        out.append(NA)
+    out += [f'<div class="ex"><span class="muted">{esc(e.id)} · score {fmt(e.score)}</span>'
+            f"<br><b>instruction</b>{_text(e.prompt, 'user')}<b>response</b>{_text(e.completion, 'assistant')}</div>"
+            for e in _pick(sft or [], t)]
+    if sft == []:
+        out.append('<p class="na">none this iteration</p>')
+    out.append("<h3>Preference pairs</h3>")
+    out.append(NA if pairs is None else '<p class="na">no pairs</p>' if not pairs else "")
+    out += [f'<div class="ex"><span class="muted">{esc(p.id)}</span><br><b>instruction</b>{_text(p.prompt, "user")}'
+            f"<b>chosen</b> (score {fmt(p.score_chosen)}){_text(p.chosen, 'assistant')}"
+            f"<b>rejected</b> (score {fmt(p.score_rejected)}){_text(p.rejected, 'assistant')}</div>"
+            for p in _pick(pairs or [], t)]
+    return "".join(out)
+
+
+def iteration(run: Run, t: int) -> str:
+    head = f'<h2 id="iter-{t}">Iteration {t}</h2>'
+    if not run.dir(t).is_dir():
+        return head + NA
+    plots = (f'<div class="plots pair"><div>{_guard(score_histogram, run, t)}</div>'
+             f"<div>{_guard(margins, run, t)}</div></div>")
+    return (head + f"<h3>Judge scores and pair margins</h3>{plots}"
+            f'<div class="plots"><div><h3>Time and LLM calls per stage</h3>{_guard(stage_table, run, t, ITER_STAGES)}'
+            f"</div><div><h3>Parse failures</h3>{_guard(parse_failures, run, t)}</div></div>"
+            f"<h3>Diversity of the generated text</h3>{_guard(diversity_table, run, t)}"
+            '<p class="muted">distinct-n: distinct / all n-grams of lower-cased words; self-ROUGE-L: mean pairwise '
+            f"ROUGE-L F1 over at most {MAX_ROUGE_TEXTS} sampled texts (high = repetitive).</p>"
+            + _guard(examples, run, t))
+
+
+def evaluation(run: Run) -> str:
+    path = run.root / "eval" / "results.json"
+    if not path.is_file():
+        return "<p>No evaluation was run (no <code>eval/results.json</code>).</p>"
+    # (model, iteration, {bench: score}); a row without an iteration is a reference model
+    rows = [(str(r.get("model", "")), r.get("iteration"), r.get("scores") or {})
+            for r in json.loads(path.read_text(encoding="utf-8"))["rows"]]
+    benches = list(dict.fromkeys(b for _, _, scores in rows for b in scores))
+    table = _table(["model", "iteration", *map(esc, benches)],
+                   [[esc(m), fmt(it)] + [fmt(sc.get(b)) for b in benches] for m, it, sc in rows])
+    if not benches:
+        return table
+    stepped = sorted((r for r in rows if isinstance(r[1], int)), key=lambda r: r[1])
+
+    def draw(ax: Any) -> None:
+        for i, b in enumerate(benches):
+            color = f"C{i % 10}"
+            pts = [(it, sc[b]) for _, it, sc in stepped if sc.get(b) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=b)
+            for m, it, sc in rows:  # a reference model as a dashed line
+                if it is None and sc.get(b) is not None:
+                    ax.axhline(sc[b], color=color, ls="--", lw=1, label=f"{b}: {m}")
+        ax.set(xlabel="iteration", ylabel="score", title="Evaluation")
+        if stepped:
+            ax.set_xticks(sorted({r[1] for r in stepped}))
+        ax.legend(fontsize=8)
+
+    return table + _png(draw, "evaluation scores per iteration", (7.0, 3.2))
+
+
+# -- the page --------------------------------------------------------------------------------
+def render(run_dir: Path) -> str:
+    run = Run(run_dir)
+    body = [
+        _guard(header, run),
+        "<h2>Data funnel</h2>", _guard(funnel_table, run),
+        '<div class="plots"><div><h2>Clean drops by rule</h2>', _guard(clean_drops, run),
+        "</div><div><h2>Over iterations</h2>", _guard(curve, run), "</div></div>",
+        '<h2 id="iter-0">Iteration 0 (seed, M_0)</h2>',
+        _guard(stage_table, run, 0, ["prepare"] if run.conf("train.m0_sft") is False else ["prepare", "train"]),
+        *(iteration(run, t) for t in run.iterations),
+        '<h2 id="evaluation">Evaluation</h2>', _guard(evaluation, run),
+    ]
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>LANCE run report: {esc(run_dir.name)}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the report of `run_dir` (default `run_dir/report.html`) atomically; return its path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise RunDirError(f"{run_dir}: not a lance run directory (no run.json)")
+    out = Path(out) if out is not None else run_dir / "report.html"
+    atomic_write_text(out, render(run_dir))
+    return out
+
+
+if __name__ == "__main__":
+    print(write_report(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))
