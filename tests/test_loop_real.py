@@ -70,6 +70,9 @@ def test_every_stage_file_has_its_schema(tiny_run: tuple) -> None:
     assert {s.id for s in nxt} == {s.id for s in seed} | {r.id for r in reviewed}  # the code's rule
     assert (run_dir / "funnel.md").read_text().startswith("| iter |")
     assert summary.final_model == it / "model"
+    gen_stats = manifest(run_dir, 1, "generate")["stats"]
+    assert gen_stats["tokens"]["generated"] > 0 and gen_stats["tokens"]["prompt"] > 0
+    assert manifest(run_dir, 1, "review_seed")["stats"]["tokens"]["prompt"] > 0
 
 
 def test_stage_files_load_with_datasets(tiny_run: tuple) -> None:

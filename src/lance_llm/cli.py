@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RecordError, RunDirError, ModelError) as e:
         print(f"lance: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission denied...: say which file, keep the traceback out
+        print(f"lance: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lance: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -9,9 +9,12 @@ changes what data a run keeps.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +26,39 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key."""
+
+
+def _show(value: Any, width: int = 80) -> str:
+    """A value for an error message: repr, cut short (a wrong value may be a 10,000-item list)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# Key names that hold credentials. Matched per word of the key (split at `_`, `-`, `.` and camelCase
+# humps), so `hf_token` and `apiKey` match but `max_new_tokens` does not.
+_SECRET_WORDS = frozenset({"secret", "secrets", "password", "passwords", "passwd", "apikey", "apikeys"})
+
+
+def is_secret_key(name: object) -> bool:
+    words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower()) if w]
+    if any(w in _SECRET_WORDS or w.endswith("token") for w in words):
+        return True
+    return "apikey" in "".join(words)  # api_key, apiKey, OpenAIAPIKey, OPENAI_APIKEY
+
+
+def _refuse_secrets(node: Any, prefix: str = "") -> None:
+    """A credential in a config file would be copied into config.yaml of every run directory,
+    and into shell history with --set; so credentials come from the environment only."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if is_secret_key(k):
+                raise ConfigError(f"{key}: secrets are read from the environment only (e.g. OPENAI_API_KEY); "
+                                  f"remove '{key}' from the config")
+            _refuse_secrets(v, key + ".")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _refuse_secrets(v, f"{prefix.rstrip('.')}[{i}].")
 
 
 @dataclass
@@ -163,7 +199,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
         return _build(tp, value, key + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -176,30 +212,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {_show(value)}")
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        # YAML (and so --set) reads `true` as a boolean; train.bf16 spells its choices as strings
+        if isinstance(value, bool) and str(value).lower() in args:
+            return str(value).lower()
+        if not isinstance(value, (str, int, float)) or value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {_show(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit integer
+            raise ConfigError(f"{key}: number out of range, got {_show(value)}") from None
+        # NaN compares false with everything: a NaN threshold would silently select nothing
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_show(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
 
@@ -208,7 +254,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for k in data:
-        if k not in known:
+        if not isinstance(k, str) or k not in known:  # YAML keys may be numbers, null, booleans
             raise ConfigError(f"unknown key '{prefix}{k}' (known: {', '.join(sorted(known))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
@@ -219,8 +265,21 @@ def _validate(cfg: Config) -> None:
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
 
+    def at_least(key: str, value: float, low: float) -> None:
+        if value < low:
+            raise ConfigError(f"{key}: must be >= {low}, got {value}")
+
+    if not cfg.run_dir.strip():
+        raise ConfigError("run_dir: must not be empty")
+    # numpy (seeded by the trainer) takes 0 .. 2**32 - 1
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed: must be in [0, 2**32 - 1], got {cfg.seed}")
     positive("iterations", cfg.iterations)
     positive("backend.batch_size", cfg.backend.batch_size)
+    if cfg.backend.threads is not None:
+        positive("backend.threads", cfg.backend.threads)
+    if cfg.data.limit is not None:  # 0 would run on an empty seed, -1 would drop the last item
+        positive("data.limit", cfg.data.limit)
     positive("review.samples", cfg.review.samples)
     for name in ("n_instructions", "n_responses", "n_degraded"):
         positive(f"generate.{name}", getattr(cfg.generate, name))
@@ -236,13 +295,27 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{sec}.temperature: must be >= 0, got {s.temperature}")
     if not 0 <= cfg.clean.rouge_threshold <= 1:
         raise ConfigError(f"clean.rouge_threshold: must be in [0, 1], got {cfg.clean.rouge_threshold}")
+    for kind in ("instruction", "response"):
+        low, high = getattr(cfg.clean, f"{kind}_min_words"), getattr(cfg.clean, f"{kind}_max_words")
+        at_least(f"clean.{kind}_min_words", low, 0)
+        if high < low:
+            raise ConfigError(f"clean.{kind}_max_words: must be >= clean.{kind}_min_words ({low}), got {high}")
+    positive("clean.decontaminate_ngram", cfg.clean.decontaminate_ngram)
     if cfg.annotate.pair_margin < 0:
         raise ConfigError(f"annotate.pair_margin: must be >= 0, got {cfg.annotate.pair_margin}")
+    at_least("annotate.min_chars", cfg.annotate.min_chars, 0)
     for step in ("sft", "dpo"):
         s = getattr(cfg.train, step)
         positive(f"train.{step}.learning_rate", s.learning_rate)
+        positive(f"train.{step}.epochs", s.epochs)
         positive(f"train.{step}.batch_size", s.batch_size)
+        positive(f"train.{step}.grad_accum", s.grad_accum)
         positive(f"train.{step}.max_length", s.max_length)
+        positive(f"train.{step}.beta", s.beta)
+    positive("train.lora.r", cfg.train.lora.r)
+    positive("train.lora.alpha", cfg.train.lora.alpha)
+    if not 0 <= cfg.train.lora.dropout < 1:
+        raise ConfigError(f"train.lora.dropout: must be in [0, 1), got {cfg.train.lora.dropout}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -255,13 +328,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    except Exception:  # PyYAML raises plain ValueError for `2024-13-45`, RecursionError for `[[[[...`
+        value = raw  # not YAML: the text itself (a string-typed key accepts it, others name the key)
     return key.split("."), value
 
 
 def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
-    data = json.loads(json.dumps(data or {}))  # deep copy
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(data).__name__}")
+    # deepcopy, not a JSON round trip: YAML yields dates, sets and bytes that JSON cannot encode,
+    # and those must reach the type check (an error naming the key), not crash json.dumps
+    data = copy.deepcopy(data or {})
     for item in overrides or []:
         path, value = parse_override(item)
         node = data
@@ -270,9 +347,24 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: '{part}' is not a section")
         node[path[-1]] = value
+    _refuse_secrets(data)
     cfg = _build(Config, data)
     _validate(cfg)
     return cfg
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """`file:line: invalid YAML: problem (context)`, instead of PyYAML's multi-line report that
+    names the file "<unicode string>"."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return f"{path}: invalid YAML: {e}"
+    problem = getattr(e, "problem", None) or "syntax error"
+    msg = f"{path}:{mark.line + 1}: invalid YAML: {problem} (column {mark.column + 1})"
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and cmark is not None:
+        msg += f"; {context} that starts at line {cmark.line + 1}, column {cmark.column + 1}"
+    return msg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -288,7 +380,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+            raise ConfigError(_yaml_error(path, e)) from e
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
+            # PyYAML's constructors raise these for values that parse but cannot be built,
+            # e.g. `seed: 2024-13-45` (a timestamp with month 13)
+            raise ConfigError(f"{path}: invalid YAML value: {e}") from e
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -111,23 +111,31 @@ class Runner:
         return b
 
     def _llm_stage(self, backend: CachedBackend, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        before = dict(backend.stats)
+        before, tokens_before = dict(backend.stats), backend.tokens
         stats = fn()
         stats["llm_calls"] = {k: backend.stats[k] - before[k] for k in before}
+        stats["tokens"] = {k: v - tokens_before.get(k, 0) for k, v in backend.tokens.items()}
         for k in self.calls:
             self.calls[k] += stats["llm_calls"][k]
         return stats
 
     # -- iteration 0 -----------------------------------------------------------------------
     def preflight(self) -> tuple[models.ResolvedModel, list[Sample], list[dict[str, Any]]]:
-        """Check every input before the run directory is touched: a bad seed file or a missing
+        """Check every input before the run directory is touched: a bad seed file, system prompt or
         decontamination file fails here, with its name, not an hour into the run."""
         cfg = self.cfg
         for i, p in enumerate(cfg.clean.decontaminate_paths):
             if not Path(p).is_file():
                 raise ConfigError(f"clean.decontaminate_paths[{i}]: file not found: {p}")
-        if cfg.system_prompt_path and not Path(cfg.system_prompt_path).is_file():
-            raise ConfigError(f"system_prompt_path: file not found: {cfg.system_prompt_path}")
+        # read (and so validate) their contents too; the clean stage reads them again, cheaply
+        clean.load_decontamination(cfg.clean.decontaminate_paths, cfg.clean.decontaminate_field,
+                                   cfg.clean.decontaminate_ngram)
+        self.system = load("system")
+        if cfg.system_prompt_path:
+            try:
+                self.system = Path(cfg.system_prompt_path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"system_prompt_path: cannot read {cfg.system_prompt_path}: {e}") from e
         seed0 = load_seed(cfg.data, cfg.seed)
         examples = load_review_examples(cfg.data)
         base = models.resolve(cfg.model.source, cfg.model.cache_dir)
@@ -151,7 +159,8 @@ class Runner:
         out = rd.path(0, "model")
 
         def train0() -> dict[str, Any]:
-            res = train.train_sft(base.path, rd.path(0, "sft.jsonl"), out, cfg.train, cfg.seed)
+            res = train.train_sft(base.path, rd.path(0, "sft.jsonl"), out, cfg.train, cfg.seed,
+                                  cfg.model.trust_remote_code)
             return {"sft": res.to_dict()}
 
         self.stage(0, "train", {"sft": rd.path(0, "sft.jsonl")},
@@ -269,11 +278,11 @@ class Runner:
         def train_stage() -> dict[str, Any]:
             out: dict[str, Any] = {}
             sft_res = train.train_sft(model_path, rd.path(t, "sft.jsonl"), rd.path(t, "model_sft"), cfg.train,
-                                      stable_int(cfg.seed, "train", t))
+                                      stable_int(cfg.seed, "train", t), cfg.model.trust_remote_code)
             out["sft"] = sft_res.to_dict()
             if stats["annotate"]["dpo_total"] > 0:
                 dpo_res = train.train_dpo(sft_res.path, rd.path(t, "dpo.jsonl"), rd.path(t, "model"), cfg.train,
-                                          stable_int(cfg.seed, "dpo", t))
+                                          stable_int(cfg.seed, "dpo", t), cfg.model.trust_remote_code)
                 out["dpo"] = dpo_res.to_dict()
             else:
                 # no preference pair yet: M_{t+1} is the SFT model (said in the funnel, not hidden)
@@ -293,8 +302,6 @@ class Runner:
         cfg = self.cfg
         t_start = time.time()
         base, seed0, examples = self.preflight()
-        self.system = (Path(cfg.system_prompt_path).read_text(encoding="utf-8").strip()
-                       if cfg.system_prompt_path else load("system"))
         self.rd.open(cfg.to_dict(), {"base_model": base.to_dict(), "seed": cfg.seed})
         try:
             summary = RunSummary(run_dir=self.rd.root, final_model=base.path)

@@ -181,8 +181,8 @@ def fingerprint(checkpoint: Path) -> str:
             saved = json.loads(memo.read_text())
             if saved.get("stamp") == stamp:
                 return str(saved["fingerprint"])
-        except (ValueError, KeyError):
-            pass
+        except (ValueError, KeyError, AttributeError, TypeError):
+            pass  # a damaged memo is just recomputed
     h = hashlib.sha256()
     for w in weights:
         h.update(w.name.encode())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -45,13 +46,14 @@ class Review:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Review:
+        d = _mapping(d, "review")
         return Review(
-            mode=str(d["mode"]),
-            score=None if d.get("score") is None else float(d["score"]),
-            samples=[None if s is None else float(s) for s in d.get("samples", [])],
-            replies=[str(r) for r in d.get("replies", [])],
-            parse_failures=int(d.get("parse_failures", 0)),
-            raw_score=None if d.get("raw_score") is None else float(d["raw_score"]),
+            mode=_str(d, "mode"),
+            score=_opt_float(d, "score"),
+            samples=[_number(s, f"samples[{i}]", optional=True) for i, s in enumerate(_list(d, "samples"))],
+            replies=[_string(r, f"replies[{i}]") for i, r in enumerate(_list(d, "replies"))],
+            parse_failures=_int(d, "parse_failures", 0),
+            raw_score=_opt_float(d, "raw_score"),
         )
 
 
@@ -78,27 +80,96 @@ class Sample:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Sample:
+        d = _mapping(d, "record")
         review = d.get("review")
         origin = d.get("origin", "seed")
         if origin not in ("seed", "new", "degraded"):
             raise ValueError(f"unknown origin {origin!r}")
         return Sample(
-            id=str(d["id"]),
-            instruction=_text(d, "instruction"),
-            response=_text(d, "response"),
+            id=_str(d, "id"),
+            instruction=_str(d, "instruction"),
+            response=_str(d, "response"),
             origin=origin,
-            parent_id=d.get("parent_id"),
-            iteration=int(d.get("iteration", 0)),
-            stage=str(d.get("stage", "seed")),
-            model=str(d.get("model", "")),
+            parent_id=_opt_str(d, "parent_id"),
+            iteration=_int(d, "iteration", 0),
+            stage=_str(d, "stage", "seed"),
+            model=_str(d, "model", ""),
             review=None if review is None else Review.from_dict(review),
         )
 
 
-def _text(d: dict[str, Any], key: str) -> str:
-    value = d[key]
+# Field readers for from_dict. They check types instead of converting with str()/int()/float():
+# str() turns a dict into "{'a': 1}", int() truncates 3.7 and float() overflows on a 400-digit
+# integer (OverflowError, which read_records would not report as a bad record). Every failure is a
+# ValueError naming the field, which read_records turns into a RecordError naming file:line.
+_MISSING: Any = object()
+
+
+def _mapping(d: Any, what: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _get(d: dict[str, Any], key: str, default: Any) -> Any:
+    if key in d:
+        return d[key]
+    if default is _MISSING:
+        raise KeyError(key)
+    return default
+
+
+def _string(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _str(d: dict[str, Any], key: str, default: Any = _MISSING) -> str:
+    return _string(_get(d, key, default), key)
+
+
+def _opt_str(d: dict[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    return None if value is None else _string(value, key)
+
+
+def _number(value: Any, key: str, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    # bool is an int subclass, and a score of `true` is a bug upstream, not 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"field {key!r} must be a number, got {type(value).__name__}")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise ValueError(f"field {key!r} is out of range") from None
+    if not math.isfinite(out):  # json.loads accepts NaN/Infinity; no stage ever writes them
+        raise ValueError(f"field {key!r} must be finite, got {out}")
+    return out
+
+
+def _float(d: dict[str, Any], key: str) -> float:
+    return _number(_get(d, key, _MISSING), key)  # type: ignore[return-value]
+
+
+def _opt_float(d: dict[str, Any], key: str) -> float | None:
+    return _number(d.get(key), key, optional=True)
+
+
+def _int(d: dict[str, Any], key: str, default: Any = _MISSING) -> int:
+    value = _get(d, key, default)
+    if isinstance(value, float) and value.is_integer():  # 2.0 from a tool that writes all numbers as floats
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"field {key!r} must be an integer, got {value!r:.40}")
+    return value
+
+
+def _list(d: dict[str, Any], key: str) -> list[Any]:
+    value = d.get(key, [])
+    if not isinstance(value, list):  # a string would otherwise be read as a list of characters
+        raise ValueError(f"field {key!r} must be a list, got {type(value).__name__}")
     return value
 
 
@@ -130,13 +201,14 @@ class SFTExample:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> SFTExample:
+        d = _mapping(d, "record")
         return SFTExample(
-            id=str(d["id"]),
+            id=_str(d, "id"),
             prompt=_messages(d, "prompt"),
             completion=_messages(d, "completion"),
-            source=str(d["source"]),
-            iteration=int(d["iteration"]),
-            score=None if d.get("score") is None else float(d["score"]),
+            source=_str(d, "source"),
+            iteration=_int(d, "iteration"),
+            score=_opt_float(d, "score"),
         )
 
 
@@ -160,17 +232,18 @@ class PreferencePair:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> PreferencePair:
+        d = _mapping(d, "record")
         return PreferencePair(
-            id=str(d["id"]),
+            id=_str(d, "id"),
             prompt=_messages(d, "prompt"),
             chosen=_messages(d, "chosen"),
             rejected=_messages(d, "rejected"),
-            parent_id=str(d["parent_id"]),
-            chosen_id=str(d["chosen_id"]),
-            rejected_id=str(d["rejected_id"]),
-            score_chosen=float(d["score_chosen"]),
-            score_rejected=float(d["score_rejected"]),
-            iteration=int(d["iteration"]),
+            parent_id=_str(d, "parent_id"),
+            chosen_id=_str(d, "chosen_id"),
+            rejected_id=_str(d, "rejected_id"),
+            score_chosen=_float(d, "score_chosen"),
+            score_rejected=_float(d, "score_rejected"),
+            iteration=_int(d, "iteration"),
         )
 
 
@@ -187,40 +260,95 @@ def _messages(d: dict[str, Any], key: str) -> list[dict[str, str]]:
 R = TypeVar("R", Sample, SFTExample, PreferencePair)
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; raise RecordError naming file:line."""
+# The longest JSONL line read (in bytes, without its newline). A line is read into memory whole,
+# so a corrupt or hostile file with no newline would otherwise be read whole too.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+
+
+def iter_jsonl(path: str | Path, max_line_bytes: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; raise RecordError naming file:line.
+
+    Reads bytes line by line and decodes each line itself, so a non-UTF-8 byte is reported on its
+    own line (a text-mode file decodes 8 KiB blocks ahead and would blame an earlier line), and a
+    line longer than `max_line_bytes` (default MAX_LINE_BYTES) is refused without being read whole.
+    """
     path = Path(path)
+    limit = MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
     try:
-        fh = path.open("r", encoding="utf-8")
+        fh = path.open("rb")
     except OSError as e:
-        raise RecordError(f"{path}: cannot open: {e.strerror}") from e
+        raise RecordError(f"{path}: cannot open: {e.strerror or e}") from e
     with fh:
         lineno = 0
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RecordError(f"{path}:{lineno}: invalid JSON: {e.msg}") from e
-                if not isinstance(obj, dict):
-                    raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-        except UnicodeDecodeError as e:
-            raise RecordError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason})") from e
+        while True:
+            try:
+                raw = fh.readline(limit + 1)
+            except OSError as e:
+                raise RecordError(f"{path}:{lineno + 1}: cannot read: {e.strerror or e}") from e
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                raise RecordError(f"{path}:{lineno}: line is {_line_size(fh, len(raw))}, over the limit of "
+                                  f"{limit:,} bytes (lance_llm.records.MAX_LINE_BYTES)")
+            if lineno == 1 and raw.startswith(_BOM):  # tolerated, as editors on Windows write one
+                raw = raw[len(_BOM):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1}: {e.reason})") from e
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+            except RecursionError as e:
+                raise RecordError(f"{path}:{lineno}: invalid JSON: nested too deeply") from e
+            except ValueError as e:  # e.g. an integer beyond Python's 4300-digit conversion limit
+                raise RecordError(f"{path}:{lineno}: invalid JSON: {e}") from e
+            if not isinstance(obj, dict):
+                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
 
 
-def read_records(path: str | Path, cls: type[R]) -> list[R]:
+def _line_size(fh: Any, seen: int, cap: int = 1 << 30) -> str:
+    """The length of an over-long line, counted in bounded blocks (never held in memory)."""
+    size = seen
+    while size < cap:
+        block = fh.readline(1 << 20)
+        if not block:
+            break
+        size += len(block) - (1 if block.endswith(b"\n") else 0)
+        if block.endswith(b"\n"):
+            return f"{size:,} bytes"
+    return f"{size:,} bytes" if size < cap else f"over {cap:,} bytes"
+
+
+def read_records(path: str | Path, cls: type[R], max_line_bytes: int | None = None) -> list[R]:
+    """Every record of a JSONL file as `cls`; any bad line is a RecordError naming file:line."""
     out: list[R] = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, max_line_bytes):
         try:
             out.append(cls.from_dict(obj))  # type: ignore[arg-type]
         except KeyError as e:
-            raise RecordError(f"{path}:{lineno}: missing field {e.args[0]!r} for {cls.__name__}") from e
+            raise RecordError(f"{path}:{lineno}: missing field {e.args[0]!r} for {cls.__name__} "
+                              f"(fields present: {present_fields(obj)})") from e
         except (TypeError, ValueError) as e:
             raise RecordError(f"{path}:{lineno}: bad {cls.__name__} record: {e}") from e
     return out
+
+
+def present_fields(obj: dict[str, Any], limit: int = 20) -> str:
+    """The field names of a record, for an error message (a few, for a record with thousands)."""
+    names = sorted(obj)
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more if names else "none"
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -229,6 +357,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files should read like any other
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

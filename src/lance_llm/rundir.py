@@ -73,28 +73,48 @@ class RunDir:
     def open(self, config: dict[str, Any], info: dict[str, Any]) -> None:
         """Lock the directory, refuse one from another format version, snapshot the config."""
         run_json = self.root / "run.json"
+        # Every check comes before the first write: a refused directory is left exactly as it was.
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirError(f"{self.root}: exists and is not a directory")
         if run_json.exists():
             try:
-                old = json.loads(run_json.read_text())
-            except (ValueError, OSError) as e:
+                old = json.loads(run_json.read_text(encoding="utf-8"))
+            except (ValueError, OSError, RecursionError) as e:
                 raise RunDirError(f"{run_json}: unreadable ({e}); is this a lance run directory?") from e
+            if not isinstance(old, dict):
+                raise RunDirError(f"{run_json}: not a lance run.json (a JSON {type(old).__name__}, not an object)")
             if old.get("format_version") != FORMAT_VERSION:
                 raise RunDirError(
                     f"{run_json}: written by format version {old.get('format_version')!r}, this lance-llm "
                     f"reads version {FORMAT_VERSION}; use a new run_dir or the matching lance-llm version"
                 )
-        elif self.root.exists() and any(self.root.iterdir()):
-            raise RunDirError(f"{self.root}: exists, is not empty and is not a lance run directory (no run.json)")
-        self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            try:
+                non_empty = self.root.exists() and any(self.root.iterdir())
+            except OSError as e:
+                raise RunDirError(f"{self.root}: cannot list: {e.strerror or e}") from e
+            if non_empty:
+                raise RunDirError(f"{self.root}: exists, is not empty and is not a lance run directory (no run.json)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"{self.root}: cannot create: {e.strerror or e}") from e
         self.lock()
-        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        meta = {"format_version": FORMAT_VERSION, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "libraries": library_versions(), **info}
-        atomic_write_text(run_json, json.dumps(meta, indent=2, sort_keys=True))
+        try:
+            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+            meta = {"format_version": FORMAT_VERSION, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "libraries": library_versions(), **info}
+            atomic_write_text(run_json, json.dumps(meta, indent=2, sort_keys=True))
+        except BaseException:
+            self.close()  # the caller only closes a directory that opened
+            raise
 
     def lock(self) -> None:
         path = self.root / ".lock"
-        fh = path.open("a+")
+        try:
+            fh = path.open("a+")
+        except OSError as e:
+            raise RunDirError(f"{self.root}: cannot create the lock file: {e.strerror or e}") from e
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataConfig
-from .records import RecordError, Sample, iter_jsonl, stable_int
+from .records import RecordError, Sample, iter_jsonl, present_fields, stable_int
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_SEED = DATA_DIR / "seed.jsonl"
@@ -39,13 +39,19 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{path}:{lineno}", obj
     elif fmt == "json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError as e:
             raise RecordError(f"{path}: file not found") from e
+        except OSError as e:  # a directory given with format=json, no permission, ...
+            raise RecordError(f"{path}: cannot read: {e.strerror or e}") from e
         except UnicodeDecodeError as e:
             raise RecordError(f"{path}: not valid UTF-8 ({e.reason})") from e
         except json.JSONDecodeError as e:
             raise RecordError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
+        except RecursionError as e:
+            raise RecordError(f"{path}: invalid JSON: nested too deeply") from e
+        except ValueError as e:  # e.g. an integer beyond Python's 4300-digit conversion limit
+            raise RecordError(f"{path}: invalid JSON: {e}") from e
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -73,11 +79,21 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _field(where: str, row: dict[str, Any], name: str) -> str:
     if name not in row:
-        raise RecordError(f"{where}: missing field {name!r} (fields present: {', '.join(sorted(row))})")
+        raise RecordError(f"{where}: missing field {name!r} (fields present: {present_fields(row)})")
     value = row[name]
     if not isinstance(value, str):
         raise RecordError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
     return value
+
+
+def _id(where: str, row: dict[str, Any], default: str) -> str:
+    """The record's own `id` (a string or an integer), else `default`; never str() of an object."""
+    value = row.get("id")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RecordError(f"{where}: field 'id' must be a string or an integer, got {type(value).__name__}")
+    return str(value)
 
 
 def _join(instruction: str, context: str | None) -> str:
@@ -101,8 +117,10 @@ def load_seed(cfg: DataConfig, seed: int = 0) -> list[Sample]:
                 loc = f"{where} instances[{k}]"
                 if not isinstance(inst, dict):
                     raise RecordError(f"{loc}: expected an object")
-                context = inst.get("input") or ""
-                if not isinstance(context, str):
+                context = inst.get("input")
+                if context is None:
+                    context = ""
+                if not isinstance(context, str):  # 0 or [] is an error, not a silently empty input
                     raise RecordError(f"{loc}: field 'input' must be a string, got {type(context).__name__}")
                 pairs.append((_join(instruction, context), _field(loc, inst, "output")))
         else:
@@ -111,7 +129,7 @@ def load_seed(cfg: DataConfig, seed: int = 0) -> list[Sample]:
                 raise RecordError(f"{where}: field {cfg.input_field!r} must be a string")
             pairs = [(_join(_field(where, row, cfg.instruction_field), context),
                       _field(where, row, cfg.response_field))]
-        base = str(row.get("id", f"seed-{len(samples):05d}"))
+        base = _id(where, row, f"seed-{len(samples):05d}")
         for k, (instruction, response) in enumerate(pairs):
             sid = base if len(pairs) == 1 else f"{base}#{k}"
             if sid in ids:
@@ -139,8 +157,8 @@ def load_review_examples(cfg: DataConfig) -> list[dict[str, Any]]:
         ex = {k: _field(where, row, k) for k in ("instruction", "response", "rationale")}
         score = row.get("score")
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 10:
-            raise RecordError(f"{where}: field 'score' must be a number from 0 to 10, got {score!r}")
+            raise RecordError(f"{where}: field 'score' must be a number from 0 to 10, got {score!r:.60}")
         ex["score"] = int(score) if float(score).is_integer() else float(score)
-        ex["id"] = str(row.get("id", f"review-{len(out):05d}"))
+        ex["id"] = _id(where, row, f"review-{len(out):05d}")
         out.append(ex)
     return out

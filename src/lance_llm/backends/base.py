@@ -69,6 +69,8 @@ class Backend(ABC):
 
     #: identifies the exact weights + chat template; part of every cache key
     fingerprint: str = ""
+    #: tokens processed so far, {"prompt": n, "generated": n}, where the backend can count them
+    tokens: dict[str, int]
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:

@@ -56,6 +56,11 @@ class CachedBackend(Backend):
         self.db.commit()
 
     @property
+    def tokens(self) -> dict[str, int]:  # type: ignore[override]
+        """Tokens the model processed for this backend's misses (cached answers cost none)."""
+        return dict(getattr(self._inner, "tokens", None) or {"prompt": 0, "generated": 0})
+
+    @property
     def inner(self) -> Backend:
         if self._inner is None:
             self._inner = self._make_inner()

@@ -58,6 +58,7 @@ class HFBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
         self.fingerprint = fingerprint
+        self.tokens = {"prompt": 0, "generated": 0}
         self.batch_size = batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = pick_dtype(dtype)
@@ -122,6 +123,10 @@ class HFBackend(Backend):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = gen[:, ids.shape[1] :]
+        self.tokens["prompt"] += sum(len(p) for p in prompts)
+        # count up to and including the end-of-sequence token; padding after it is not work done
+        self.tokens["generated"] += int((new != self.tok.pad_token_id).sum()) + int(
+            (new == self.tok.pad_token_id).any(dim=1).sum())
         return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
 
     # -- scoring ---------------------------------------------------------------------------
@@ -177,6 +182,7 @@ class HFBackend(Backend):
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             ids, mask = self._left_pad([seqs[i] for i in batch])
+            self.tokens["prompt"] += int(mask.sum())
             keep = max(len(seqs[i]) - earliest[i] for i in batch)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits

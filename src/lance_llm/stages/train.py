@@ -133,35 +133,37 @@ def _finish(trainer, tokenizer, out: Path, n: int, t0: float) -> TrainResult:
     return TrainResult(out, state.global_step, n, losses[-1] if losses else None, time.time() - t0)
 
 
-def train_sft(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int) -> TrainResult:
+def train_sft(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int,
+              trust_remote_code: bool = False) -> TrainResult:
     """Supervised fine-tuning on prompt-completion conversations (loss on completions only)."""
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     t0 = time.time()
     ds = _dataset(data)
-    tok = AutoTokenizer.from_pretrained(str(model_path))
+    tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     args = SFTConfig(**_common_args(cfg.sft, cfg, out.parent / f".{out.name}.work", seed),
                      completion_only_loss=True)
-    trainer = SFTTrainer(model=_load_model(model_path), args=args, train_dataset=ds, processing_class=tok,
-                         peft_config=_peft(cfg))
+    trainer = SFTTrainer(model=_load_model(model_path, trust_remote_code), args=args, train_dataset=ds,
+                         processing_class=tok, peft_config=_peft(cfg))
     trainer.train()
     return _finish(trainer, tok, out, len(ds), t0)
 
 
-def train_dpo(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int) -> TrainResult:
+def train_dpo(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int,
+              trust_remote_code: bool = False) -> TrainResult:
     """DPO (sigmoid loss) with `model_path` as both the start and the frozen reference."""
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     t0 = time.time()
     ds = _dataset(data)
-    tok = AutoTokenizer.from_pretrained(str(model_path))
+    tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     args = DPOConfig(**_common_args(cfg.dpo, cfg, out.parent / f".{out.name}.work", seed), beta=cfg.dpo.beta,
                      loss_type=["sigmoid"])
-    model = _load_model(model_path)
+    model = _load_model(model_path, trust_remote_code)
     # full fine-tuning: an explicit frozen copy as reference; LoRA: TRL disables the adapters instead
-    ref = None if cfg.method == "lora" else _load_model(model_path)
+    ref = None if cfg.method == "lora" else _load_model(model_path, trust_remote_code)
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
                          peft_config=_peft(cfg))
     trainer.train()
