@@ -48,7 +48,8 @@ def stage_stats(t: int, pairs: int, sft_new: int) -> dict[str, dict]:
                         "llm_calls": {"hits": 1, "misses": 3}},
         "generate": {"low_seeds": 2, "high_seeds": 2, "new_instructions": 2, "new_responses": 3,
                      "degraded_responses": 2, "instruction_parse_failures": 2, "instruction_replies": 4,
-                     "degrade_parse_failures": 1, "degrade_replies": 3, "llm_calls": {"hits": 0, "misses": 7}},
+                     "degrade_parse_failures": 1, "degrade_replies": 3, "llm_calls": {"hits": 0, "misses": 7},
+                     "tokens": {"prompt": 4321, "generated": 987}},
         "clean": {"input": 5, "kept": 4, "exact_duplicate": 1, "response_length": 0},
         "review_generated": {"scored": 4, "unscored": 0, "reply_parse_failures": 0, "replies": 4,
                              "llm_calls": {"hits": 0, "misses": 4}},
@@ -207,9 +208,9 @@ def test_report_shows_funnel_plots_and_partial_iterations(run_dir: Path) -> None
     assert drops[0] == ["iter", "generated", "exact_duplicate"]
     assert drops[1] == ["1", "5", "1"] and drops[3][:2] == ["3", "not reached"]
     stages = [rows for rows in tables if rows[0][0] == "stage"]
-    assert ["generate", "12.3", "7", "0"] in stages[1]  # stages[0] is iteration 0
-    assert ["review_seed", "0.5", "3", "1"] in stages[1]
-    assert ["annotate", "not reached", "", ""] in stages[3]
+    assert ["generate", "12.3", "7", "0", "4321", "987"] in stages[1]  # stages[0] is iteration 0
+    assert ["review_seed", "0.5", "3", "1", "–", "–"] in stages[1]
+    assert ["annotate", "not reached", "", "", "", ""] in stages[3]
     failures = [rows for rows in tables if rows[0][0] == "replies"]
     assert failures[0][1:] == [["judge, seed review", "1", "4"], ["generator, new instructions", "2", "4"],
                                ["generator, degraded answers", "1", "3"], ["judge, generated review", "0", "4"]]

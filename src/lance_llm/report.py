@@ -267,14 +267,17 @@ def stage_table(run: Run, t: int, stages: list[str]) -> str:
     for stage in stages:
         m = run.manifest(t, stage)
         if m is None:
-            rows.append([esc(stage), '<span class="na">not reached</span>', "", ""])
+            rows.append([esc(stage), '<span class="na">not reached</span>', "", "", "", ""])
             continue
         total += float(m.get("seconds") or 0)
         calls = (m.get("stats") or {}).get("llm_calls")
         new, cached = (fmt(calls.get("misses")), fmt(calls.get("hits"))) if calls else ("–", "–")
-        rows.append([esc(stage), f"{float(m.get('seconds') or 0):.1f}", new, cached])
-    rows.append(["<b>total</b>", f"<b>{total:.1f}</b>", "", ""])
-    return _table(["stage", "seconds", "LLM calls (new)", "LLM calls (cached)"], rows)
+        tokens = (m.get("stats") or {}).get("tokens")
+        prompt, generated = (fmt(tokens.get("prompt")), fmt(tokens.get("generated"))) if tokens else ("–", "–")
+        rows.append([esc(stage), f"{float(m.get('seconds') or 0):.1f}", new, cached, prompt, generated])
+    rows.append(["<b>total</b>", f"<b>{total:.1f}</b>", "", "", "", ""])
+    return _table(["stage", "seconds", "LLM calls (new)", "LLM calls (cached)", "prompt tokens",
+                   "generated tokens"], rows)
 
 
 def parse_failures(run: Run, t: int) -> str:
@@ -388,7 +391,8 @@ def iteration(run: Run, t: int) -> str:
     plots = (f'<div class="plots pair"><div>{_guard(score_histogram, run, t)}</div>'
              f"<div>{_guard(margins, run, t)}</div></div>")
     return (head + f"<h3>Judge scores and pair margins</h3>{plots}"
-            f'<div class="plots"><div><h3>Time and LLM calls per stage</h3>{_guard(stage_table, run, t, ITER_STAGES)}'
+            f'<div class="plots"><div><h3>Time, LLM calls and tokens per stage</h3>'
+            f"{_guard(stage_table, run, t, ITER_STAGES)}"
             f"</div><div><h3>Parse failures</h3>{_guard(parse_failures, run, t)}</div></div>"
             f"<h3>Diversity of the generated text</h3>{_guard(diversity_table, run, t)}"
             '<p class="muted">distinct-n: distinct / all n-grams of lower-cased words; self-ROUGE-L: mean pairwise '

@@ -92,11 +92,12 @@ def _peft(cfg: TrainConfig):
     )
 
 
-def _load_model(path: Path):
+def _load_model(path: Path, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     # fp32 master weights; bf16 (when on) is autocast by the Trainer
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True,
+                                                trust_remote_code=trust_remote_code)
 
 
 def _dataset(path: str | Path):
