@@ -266,6 +266,22 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 
 
+def json_or_error(text: str, path: str | Path, lineno: int | None = None) -> Any:
+    """json.loads, with every way it can fail turned into a RecordError naming file:line
+    (`lineno` for a JSONL line; else the line the decoder stopped at, when it knows it)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        line = lineno if lineno is not None else e.lineno
+        raise RecordError(f"{path}:{line}: invalid JSON: {e.msg} (column {e.colno})") from e
+    except RecursionError as e:
+        where = f"{path}:{lineno}" if lineno is not None else str(path)
+        raise RecordError(f"{where}: invalid JSON: nested too deeply") from e
+    except ValueError as e:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        where = f"{path}:{lineno}" if lineno is not None else str(path)
+        raise RecordError(f"{where}: invalid JSON: {e}") from e
+
+
 def iter_jsonl(path: str | Path, max_line_bytes: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; raise RecordError naming file:line.
 
@@ -300,14 +316,7 @@ def iter_jsonl(path: str | Path, max_line_bytes: int | None = None) -> Iterator[
                 raise RecordError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1}: {e.reason})") from e
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
-            except RecursionError as e:
-                raise RecordError(f"{path}:{lineno}: invalid JSON: nested too deeply") from e
-            except ValueError as e:  # e.g. an integer beyond Python's 4300-digit conversion limit
-                raise RecordError(f"{path}:{lineno}: invalid JSON: {e}") from e
+            obj = json_or_error(line, path, lineno)
             if not isinstance(obj, dict):
                 raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj

@@ -12,13 +12,12 @@ line (or row) and the missing field; nothing is skipped silently.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .config import DataConfig
-from .records import RecordError, Sample, iter_jsonl, present_fields, stable_int
+from .records import RecordError, Sample, iter_jsonl, json_or_error, present_fields, stable_int
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_SEED = DATA_DIR / "seed.jsonl"
@@ -39,19 +38,14 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{path}:{lineno}", obj
     elif fmt == "json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError as e:
             raise RecordError(f"{path}: file not found") from e
         except OSError as e:  # a directory given with format=json, no permission, ...
             raise RecordError(f"{path}: cannot read: {e.strerror or e}") from e
         except UnicodeDecodeError as e:
             raise RecordError(f"{path}: not valid UTF-8 ({e.reason})") from e
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
-        except RecursionError as e:
-            raise RecordError(f"{path}: invalid JSON: nested too deeply") from e
-        except ValueError as e:  # e.g. an integer beyond Python's 4300-digit conversion limit
-            raise RecordError(f"{path}: invalid JSON: {e}") from e
+        data = json_or_error(text, path)
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
