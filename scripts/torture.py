@@ -85,7 +85,7 @@ def trial(i: int, work: Path, extra: list[str], reference: dict[str, str], ref_s
     log = work / f"trial_{i:02d}.log"
     killed_at = []
     for _ in range(kills):
-        delay = rng.uniform(1.0, ref_seconds)
+        delay = rng.uniform(1.0, 0.9 * ref_seconds)  # inside the run, so the kill lands
         proc = start(run_dir, extra, log)
         try:
             proc.wait(timeout=delay)  # it may finish before the kill: then there is nothing to kill
