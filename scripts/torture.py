@@ -23,11 +23,12 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lance_llm.backends.cache import cache_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 # data artifacts that must match the reference; manifests, funnels and trainer logs carry times
@@ -69,16 +70,6 @@ def artifacts(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def cache_counts(run_dir: Path) -> dict[str, int]:
-    db = sqlite3.connect(str(run_dir / "cache.sqlite"))
-    try:
-        calls = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-        repeated = db.execute("SELECT COUNT(*) - COUNT(DISTINCT key) FROM attempts").fetchone()[0]
-    finally:
-        db.close()
-    return {"calls": int(calls), "repeated": int(repeated)}
-
-
 def trial(i: int, work: Path, extra: list[str], reference: dict[str, str], ref_seconds: float, kills: int,
           chunk: int, timeout: float, rng: random.Random) -> dict:
     run_dir = work / f"trial_{i:02d}"
@@ -96,7 +87,8 @@ def trial(i: int, work: Path, extra: list[str], reference: dict[str, str], ref_s
     rc, seconds = run_to_end(run_dir, extra, log, timeout)
     got = artifacts(run_dir) if rc == 0 else {}
     diff = sorted(k for k in set(reference) | set(got) if reference.get(k) != got.get(k))
-    counts = cache_counts(run_dir) if (run_dir / "cache.sqlite").exists() else {"calls": 0, "repeated": 0}
+    cache = run_dir / "cache.sqlite"
+    counts = cache_counts(cache) if cache.exists() else {"calls": 0, "repeated": 0}
     ok = rc == 0 and not diff and counts["repeated"] <= chunk * len(killed_at)
     return {"trial": i, "ok": ok, "exit": rc, "killed_at_s": killed_at, "resume_s": round(seconds, 1),
             "artifacts_differing": diff, "llm_calls": counts["calls"], "repeated_llm_calls": counts["repeated"],

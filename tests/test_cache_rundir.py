@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lance_llm.backends.base import Backend, GenerateRequest, Sampling, ScoreRequest, request_hash
-from lance_llm.backends.cache import CachedBackend
+from lance_llm.backends.cache import CachedBackend, cache_counts
 from lance_llm.rundir import FORMAT_VERSION, RunDir, RunDirError
 
 FP = "fake-model@sha:abc"
@@ -167,6 +167,8 @@ def test_crash_keeps_finished_chunks(db: Path) -> None:
     assert [len(c) for c in retry.instances[0].generate_calls] == [2, 1]
     assert cb2.stats == {"hits": 2, "misses": 3}
     cb2.close()
+    # the chunk lost in flight (q2, q3) is the only thing the model was asked twice
+    assert cache_counts(db) == {"calls": 5, "repeated": 2}
 
 
 def test_wrong_result_count_is_an_error_and_not_cached(db: Path) -> None:

@@ -114,15 +114,22 @@ class CachedBackend(Backend):
         return [results[k] for k in keys]
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
-
-    def repeated_attempts(self) -> int:
-        """Requests the model was asked more than once (each extra ask counts once)."""
-        row = self.db.execute("SELECT COUNT(*) - COUNT(DISTINCT key) FROM attempts").fetchone()
-        return int(row[0])
+        return cache_counts(self.path)["calls"]
 
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
             self._inner = None
         self.db.close()
+
+
+def cache_counts(path: str | Path) -> dict[str, int]:
+    """Answers stored, and requests the model was asked more than once (each extra ask counts
+    once: a crash lost that answer in flight). Read-only; the torture script audits runs with it."""
+    db = sqlite3.connect(str(path))
+    try:
+        calls = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        repeated = db.execute("SELECT COUNT(*) - COUNT(DISTINCT key) FROM attempts").fetchone()[0]
+    finally:
+        db.close()
+    return {"calls": int(calls), "repeated": int(repeated)}
