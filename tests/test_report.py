@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from lance_llm.cli import main
+from lance_llm.drift import distinct_n, diversity, self_rouge
 from lance_llm.funnel import COLUMNS, funnel_row
 from lance_llm.records import PreferencePair, Review, Sample, SFTExample, chat_prompt, write_records
-from lance_llm.report import distinct_n, diversity, self_rouge, write_report
+from lance_llm.report import write_report
 from lance_llm.rundir import RunDirError
 
 SYSTEM = "You are a helpful assistant."

@@ -21,22 +21,20 @@ import html
 import io
 import json
 import random
-import re
 import sys
 from collections.abc import Callable
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .drift import MAX_ROUGE_TEXTS, diversity, drift_markdown, drift_rows, generated_groups
 from .funnel import COLUMNS
 from .records import PreferencePair, Sample, SFTExample, atomic_write_text, read_records
 from .rundir import RunDirError
 
 ITER_STAGES = ["review_seed", "generate", "clean", "review_generated", "annotate", "train"]
 LLM_STAGES = {"review_seed", "generate", "review_generated"}
-MAX_ROUGE_TEXTS = 200  # self-ROUGE is quadratic in pure Python: 200 texts = 19,900 LCS computations
 N_EXAMPLES = 3
 MAX_CHARS = 1500  # per shown text; a runaway generation should not bury the page
 NA = '<p class="na">not reached</p>'
@@ -58,44 +56,6 @@ th{background:#f2f4f7;font-weight:600}td{text-align:right}td.l,th.l{text-align:l
 # -- small pure helpers ----------------------------------------------------------------------
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (punctuation is not a word)."""
-    return re.findall(r"\w+", text.lower())
-
-
-def distinct_n(texts: list[str], n: int) -> float | None:
-    """Distinct n-grams / all n-grams over the texts (n-grams never cross a text boundary)."""
-    grams = [tuple(w[i:i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def self_rouge(texts: list[str], max_texts: int = MAX_ROUGE_TEXTS, seed: int = 0) -> float | None:
-    """Mean pairwise ROUGE-L F1 over at most `max_texts` texts sampled with a fixed seed.
-    High = the texts repeat each other."""
-    if len(texts) < 2:
-        return None
-    from rouge_score import rouge_scorer
-
-    if len(texts) > max_texts:
-        texts = random.Random(seed).sample(texts, max_texts)
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    scores = [scorer.score(a, b)["rougeL"].fmeasure for a, b in combinations(texts, 2)]
-    return sum(scores) / len(scores)
-
-
-def diversity(texts: list[str]) -> dict[str, float | int | None]:
-    toks = [words(t) for t in texts]
-    n_words = sum(map(len, toks))
-    return {
-        "texts": len(texts),
-        "distinct-1": distinct_n(texts, 1),
-        "distinct-2": distinct_n(texts, 2),
-        "mean length (words)": n_words / len(texts) if texts else None,
-        "mean word length (chars)": sum(len(w) for t in toks for w in t) / n_words if n_words else None,
-        "self-ROUGE-L": self_rouge(texts),
-    }
 
 
 def fmt(value: object, digits: int = 3) -> str:
@@ -345,13 +305,19 @@ def diversity_table(run: Run, t: int) -> str:
     gen = run.records(t, "generated.jsonl", Sample)
     if gen is None:
         return NA
-    # answers to one new instruction share it: count each instruction once, and only the new
-    # ones (a degraded answer keeps its seed's instruction)
-    instructions = list(dict.fromkeys(s.instruction for s in gen if s.origin == "new"))
-    groups = {"new instructions (distinct)": instructions, "responses (new + degraded)": [s.response for s in gen]}
+    texts = generated_groups(gen)
+    groups = {"new instructions (distinct)": texts["instructions"], "responses (new + degraded)": texts["responses"]}
     stats = {k: diversity(v) for k, v in groups.items()}
     cols = list(next(iter(stats.values())))
     return _table(["generated", *map(esc, cols)], [[esc(k), *(fmt(v) for v in d.values())] for k, d in stats.items()])
+
+
+def drift_table(run: Run) -> str:
+    rows = drift_rows(run.root)
+    if not rows:
+        return NA
+    md = drift_markdown(rows)
+    return f"<pre>{esc(md)}</pre>"
 
 
 def _pick(items: list, t: int) -> list:
@@ -439,6 +405,11 @@ def render(run_dir: Path) -> str:
         "<h2>Data funnel</h2>", _guard(funnel_table, run),
         '<div class="plots"><div><h2>Clean drops by rule</h2>', _guard(clean_drops, run),
         "</div><div><h2>Over iterations</h2>", _guard(curve, run), "</div></div>",
+        "<h2>Diversity and drift over iterations</h2>", _guard(drift_table, run),
+        '<p class="muted">Instructions: each distinct new instruction once; responses: all generated (new and '
+        "degraded). Survival: per cleaning rule, in the order the rules apply, the share of the candidates "
+        "reaching it that it lets through. Falling distinct-n, rising self-ROUGE-L or falling survival "
+        "over iterations is the loop narrowing its own data.</p>",
         '<h2 id="iter-0">Iteration 0 (seed, M_0)</h2>',
         _guard(stage_table, run, 0, ["prepare"] if run.conf("train.m0_sft") is False else ["prepare", "train"]),
         *(iteration(run, t) for t in run.iterations),
