@@ -156,6 +156,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     print(f"run finished in {summary.seconds:.0f}s: {summary.run_dir}")
     print(f"final model: {summary.final_model}")
     print(f"LLM calls: {summary.llm_calls['misses']} new, {summary.llm_calls['hits']} from the cache")
+    if summary.best:
+        print(f"best iteration (dev {summary.best['metric']}): {summary.best['model']}; "
+              f"see {summary.run_dir / 'eval' / 'results.md'}")
     return 0
 
 

@@ -56,6 +56,12 @@ class Target:
 
 def check(cfg: EvalConfig) -> None:
     """Fail before any model is loaded: unknown benchmark, unreadable IFEval file, bad selection metric."""
+    import importlib.util
+
+    missing = [m for m in ("lm_eval", "langdetect", "immutabledict", "nltk") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EvalError(f"evaluation needs {', '.join(missing)}: pip install -c requirements/constraints.txt "
+                        "-e '.[eval]' (make setup installs it)")
     unknown = [b for b in cfg.benchmarks if b not in SOURCES]
     if unknown:
         raise EvalError(f"eval.benchmarks: unknown {unknown}; known: {', '.join(SOURCES)}")
