@@ -18,6 +18,7 @@ lm-eval's subject line ("The following are multiple choice questions (with answe
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -91,7 +92,7 @@ def run(checkpoint: Path, sizes: dict[str, int | None], seed: int, batch_size: i
     torch_dtype = str(pick_dtype(dtype)).removeprefix("torch.")
     for noisy in ("lm_eval", "lm-eval"):  # per-task INFO lines would drown our progress lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    with contextlib.redirect_stdout(None):  # lm-eval prints git errors and tables to stdout
+    with contextlib.redirect_stdout(io.StringIO()):  # lm-eval prints tables and notes to stdout
         res = lm_eval.simple_evaluate(
             model="hf", model_args={"pretrained": str(checkpoint), "dtype": torch_dtype},
             tasks=tasks, batch_size=batch_size, device="cpu" if not _cuda() else "cuda",
