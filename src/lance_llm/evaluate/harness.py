@@ -13,6 +13,9 @@ these tasks). The metric per benchmark is the one usually reported for it:
   winogrande (partial scoring of the sentence after the blank), mmlu (letter A-D): acc.
 MMLU is one task over a seeded subset of all 57 subjects' test questions, each prompt starting with
 lm-eval's subject line ("The following are multiple choice questions (with answers) about ...").
+Optional `gsm8k` (not in the defaults): lm-eval's gsm8k task, generation (greedy, at most 256 new
+tokens, no chat template), zero-shot (the wheel ships no train split), exact match of the last
+number in the answer (lm-eval's "flexible-extract" filter).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ log = logging.getLogger(__name__)
 
 # benchmark -> the lm-eval metric reported for it
 METRIC = {"arc_easy": "acc_norm", "arc_challenge": "acc_norm", "hellaswag": "acc_norm",
-          "winogrande": "acc", "mmlu": "acc"}
+          "winogrande": "acc", "mmlu": "acc", "gsm8k": "exact_match"}
+
+GSM8K_MAX_TOKENS = 256  # new tokens per GSM8K answer (greedy)
 
 _MC_METRICS = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]
@@ -71,6 +76,17 @@ def task_config(benchmark: str, data_file: Path) -> dict[str, Any]:
     if benchmark == "mmlu":  # lm_eval/tasks/mmlu/default/_default_template_yaml + its description
         return {**base, "doc_to_text": _mmlu_text, "doc_to_choice": ["A", "B", "C", "D"],
                 "doc_to_target": "answer", "metric_list": _MC_METRICS[:1]}
+    if benchmark == "gsm8k":  # lm_eval/tasks/gsm8k/gsm8k.yaml, zero-shot, its flexible-extract filter
+        return {**base, "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:",
+                "doc_to_target": "{{answer}}", "num_fewshot": 0,
+                "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>"], "do_sample": False,
+                                      "temperature": 0.0, "max_gen_toks": GSM8K_MAX_TOKENS},
+                "filter_list": [{"name": "flexible-extract", "filter": [
+                    {"function": "regex", "group_select": -1, "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
+                    {"function": "take_first"}]}],
+                "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                                 "ignore_case": True, "ignore_punctuation": False,
+                                 "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}]}
     raise ValueError(f"unknown multiple-choice benchmark {benchmark!r}; known: {', '.join(METRIC)}")
 
 
