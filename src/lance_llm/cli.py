@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--limit", metavar="N", help="items per multiple-choice benchmark, seeded subset "
                         "(default 100; 'full' = whole split)")
     p_eval.add_argument("--benchmarks", metavar="A,B", help="comma-separated multiple-choice benchmarks (default "
-                        "arc_easy,arc_challenge,hellaswag,winogrande,mmlu; 'none' for IFEval only)")
+                        "arc_easy,arc_challenge,hellaswag,winogrande,mmlu; also gsm8k; 'none' for IFEval only)")
     p_eval.add_argument("--max-new-tokens", type=int, metavar="N", help="IFEval generation cap (default 256)")
     p_eval.add_argument("--batch-size", type=int, metavar="N", help="batch size (default 8)")
     p_eval.add_argument("--seed", type=int, help="subset and bootstrap seed (default 0)")
