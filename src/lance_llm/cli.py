@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--ifeval", metavar="FILE", help="IFEval-format JSONL (default "
                         "../shared/data/ifeval/dev.jsonl; 'none' skips IFEval)")
     p_eval.add_argument("--ifeval-limit", type=int, metavar="N", help="seeded subset of N prompts (default: all)")
-    p_eval.add_argument("--limit", metavar="N", help="items per multiple-choice benchmark, seeded subset "
-                        "(default 100; 'full' = whole split)")
+    p_eval.add_argument("--limit", "--mc-limit", dest="limit", metavar="N", help="items per multiple-choice "
+                        "benchmark, seeded subset (default 100; 'full' = whole split)")
     p_eval.add_argument("--benchmarks", metavar="A,B", help="comma-separated multiple-choice benchmarks (default "
                         "arc_easy,arc_challenge,hellaswag,winogrande,mmlu; also gsm8k; 'none' for IFEval only)")
     p_eval.add_argument("--max-new-tokens", type=int, metavar="N", help="IFEval generation cap (default 256)")
