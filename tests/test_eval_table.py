@@ -95,6 +95,8 @@ def test_cli_refuses_bad_settings_before_loading(capsys: pytest.CaptureFixture[s
     assert "unknown ['nope']" in capsys.readouterr().err
     assert main(["eval", "smollm2-135m", "--limit", "-3"]) == 2
     assert "--limit" in capsys.readouterr().err
+    assert main(["eval", "smollm2-135m", "--mc-limit", "many"]) == 2  # the alias scripts/experiment.py uses
+    assert "--limit: expected a positive number or 'full'" in capsys.readouterr().err
     missing = tmp_path / "missing.jsonl"
     assert main(["eval", "smollm2-135m", "--ifeval", str(missing)]) == 2
     assert "missing.jsonl: cannot read" in capsys.readouterr().err
