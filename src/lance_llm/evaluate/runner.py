@@ -67,8 +67,10 @@ def check(cfg: EvalConfig) -> None:
         raise EvalError(f"eval.benchmarks: unknown {unknown}; known: {', '.join(SOURCES)}")
     if cfg.ifeval_path:
         ifeval.load(cfg.ifeval_path, cfg.ifeval_limit, cfg.seed)  # validates every line
-    if cfg.select_on not in (*table.IFEVAL_METRICS, *cfg.benchmarks):
-        raise EvalError(f"eval.select_on: {cfg.select_on!r} is not an evaluated metric")
+    evaluated = (*(table.IFEVAL_METRICS if cfg.ifeval_path else ()), *cfg.benchmarks)
+    if cfg.select_on not in evaluated:
+        raise EvalError(f"eval.select_on: {cfg.select_on!r} is not an evaluated metric (evaluated: "
+                        f"{', '.join(evaluated) or 'none'})")
 
 
 def _finished(iter_dir: Path) -> bool:

@@ -147,7 +147,7 @@ def select_best(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | Non
     best = max(scored, key=lambda r: r["scores"][metric])  # max keeps the first of equals
     first = scored[0]
     why = (f"{best['model']} has the highest {metric} on the dev set: {best['scores'][metric]:.3f} "
-           f"over {best['n'][metric]} prompts (others: "
+           f"over {best['n'][metric]} {'prompts' if metric.startswith('ifeval_') else 'items'} (others: "
            + ", ".join(f"{r['model']} {r['scores'][metric]:.3f}" for r in scored if r is not best) + ")")
     if best is not first:
         d = best["scores"][metric] - first["scores"][metric]
