@@ -140,7 +140,10 @@ class Evaluator:
         for part in self.params:
             p = self._path(target, part)
             if p.exists():
-                out[part] = json.loads(p.read_text(encoding="utf-8"))
+                try:
+                    out[part] = json.loads(p.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as e:  # cannot be torn (atomic writes), but never trust one
+                    self.echo(f"[eval] {p}: unreadable ({e}); computing it again")
         if "ifeval" in self.params and "ifeval" not in out:
             out["ifeval"] = self._ifeval(target)
         todo = [b for b in self.cfg.benchmarks if b not in out]
@@ -184,8 +187,10 @@ class Evaluator:
         return res
 
     def evaluate(self, targets: list[Target], out_dir: Path) -> dict[str, Any]:
-        """Evaluate every target (cached parts skipped); write OUT/results.json and OUT/results.md."""
-        rows = []
+        """Evaluate every target (cached parts skipped); write OUT/results.json and OUT/results.md,
+        rewritten after each model so a long evaluation can be read while it runs."""
+        rows: list[table.Row] = []
+        results: dict[str, Any] = {}
         for i, target in enumerate(targets, 1):
             self.echo(f"[eval] model {i}/{len(targets)}: {target.model} ({target.path})")
             res = self.model_results(target)
@@ -197,6 +202,10 @@ class Evaluator:
             for b in self.cfg.benchmarks:
                 row.items[b] = table.mc_items(res[b]["items"])
             rows.append(row)
+            results = self._write(rows, out_dir, pending=[t.model for t in targets[i:]])
+        return results
+
+    def _write(self, rows: list[table.Row], out_dir: Path, pending: list[str]) -> dict[str, Any]:
         built = table.build(rows, self.cfg.bootstrap, self.cfg.seed)
         results: dict[str, Any] = {
             "settings": {**asdict(self.cfg), "dtype": self.dtype},
@@ -208,6 +217,7 @@ class Evaluator:
             "splits": {b: SOURCES[b].split for b in self.cfg.benchmarks},
             "rows": built,
             "best": table.select_best(built, self.cfg.select_on) if len(built) > 1 else None,
+            "pending": pending,  # models not evaluated yet (non-empty only while an evaluation runs)
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))

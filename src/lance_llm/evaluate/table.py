@@ -192,6 +192,8 @@ def markdown(results: dict[str, Any]) -> str:
     best = results.get("best")
     if best:
         notes.append(f"Best iteration (chosen on dev only, {best['metric']}): **{best['model']}**. {best['reason']}.")
+    if results.get("pending"):
+        notes.append(f"Not evaluated yet: {', '.join(results['pending'])}.")
     sel = results.get("selection")
     if sel:
         notes.append(f"Dev (used for choosing): {sel['dev']}. Reported only (never used for choosing): "
