@@ -136,3 +136,25 @@ def test_resume_recomputes_only_the_removed_stage_from_the_cache(tiny_run: tuple
     assert after == before  # upstream and downstream stages were not rerun
     assert (run_dir / "iter_01" / "reviewed.jsonl").exists()
     assert first.final_model == again.final_model
+
+
+def test_eval_after_each_iteration_chooses_on_dev_only(tiny_run: tuple, tmp_path: Path) -> None:
+    """`eval.enabled`: resuming the finished run evaluates base and M_1 into run_dir/eval/ and
+    names the best on the dev set (IFEval); the multiple-choice benchmark is reported only."""
+    run_dir, _, overrides = tiny_run
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"key": k, "prompt": p, "instruction_id_list": ["punctuation:no_comma"],
+                                       "kwargs": [{}]}) + "\n"
+                           for k, p in enumerate(["Name two colours without commas.", "Say hi without commas."])))
+    ev = ["eval.enabled=true", f"eval.ifeval_path={dev}", "eval.limit=2", "eval.max_new_tokens=8",
+          "eval.benchmarks=[arc_easy]", "eval.bootstrap=50"]
+    summary = run(load_config(ROOT / "configs" / "tiny.yaml", [*overrides, *ev]))
+    res = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert [(r["model"], r["iteration"]) for r in res["rows"]] == [("base", None), ("M_1", 1)]
+    assert res["rows"][1]["checkpoint"] == str(run_dir / "iter_01" / "model")
+    assert res["selection"]["reported_only"] == ["arc_easy"] and "dev.jsonl" in res["selection"]["dev"]
+    best = res["best"]
+    scores = [r["scores"]["ifeval_prompt_strict"] for r in res["rows"]]
+    assert best["metric"] == "ifeval_prompt_strict" and best["score"] == max(scores)
+    assert best["model"] == res["rows"][scores.index(max(scores))]["model"] and summary.best == best
+    assert "Best iteration" in (run_dir / "eval" / "results.md").read_text()

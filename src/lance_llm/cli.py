@@ -4,6 +4,7 @@
     lance config configs/default.yaml --set generate.threshold=6.5   # print the resolved config
     lance report runs/default [--out FILE]   # write the run's HTML report (default RUN_DIR/report.html)
     lance models list | lance models pull qwen2.5-coder-0.5b | lance models resolve PATH_OR_NAME
+    lance eval runs/default --limit 100 --ifeval-limit 100   # held-out eval of base, M_0, M_1, ...
 """
 
 from __future__ import annotations
@@ -52,6 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json)")
     p_rep.add_argument("--out", metavar="FILE", help="where to write the report (default RUN_DIR/report.html)")
 
+    p_eval = sub.add_parser(
+        "eval", help="held-out evaluation of a model or of every iteration of a run (IFEval + lm-eval)",
+        description="Evaluate a model (built-in name, checkpoint dir, .gguf) or a run directory (base, M_0, M_1, "
+        "...) on IFEval (greedy, chat template; the dev set that picks the best iteration) and on multiple-choice "
+        "benchmarks through lm-evaluation-harness (reported only). Writes OUT/results.json and OUT/results.md; "
+        "finished models are cached and not recomputed. See docs/evaluation.md.")
+    p_eval.add_argument("source", metavar="MODEL_OR_RUN")
+    p_eval.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/eval, or eval/NAME for a model)")
+    p_eval.add_argument("--ifeval", metavar="FILE", help="IFEval-format JSONL (default "
+                        "../shared/data/ifeval/dev.jsonl; 'none' skips IFEval)")
+    p_eval.add_argument("--ifeval-limit", type=int, metavar="N", help="seeded subset of N prompts (default: all)")
+    p_eval.add_argument("--limit", "--mc-limit", dest="limit", metavar="N", help="items per multiple-choice "
+                        "benchmark, seeded subset (default 100; 'full' = whole split)")
+    p_eval.add_argument("--benchmarks", metavar="A,B", help="comma-separated multiple-choice benchmarks (default "
+                        "arc_easy,arc_challenge,hellaswag,winogrande,mmlu; also gsm8k; 'none' for IFEval only)")
+    p_eval.add_argument("--max-new-tokens", type=int, metavar="N", help="IFEval generation cap (default 256)")
+    p_eval.add_argument("--batch-size", type=int, metavar="N", help="batch size (default 8)")
+    p_eval.add_argument("--seed", type=int, help="subset and bootstrap seed (default 0)")
+    p_eval.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default 1000)")
+    p_eval.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+
     p_models = sub.add_parser("models", help="list, fetch or resolve models")
     msub = p_models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="list the built-in models")
@@ -85,9 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     from .records import RecordError
     from .rundir import RunDirError
 
+    errors: tuple[type[Exception], ...] = (ConfigError, RecordError, RunDirError, ModelError)
+    if args.command == "eval":
+        from .evaluate.runner import EVAL_ERRORS
+
+        errors += EVAL_ERRORS
     try:
         return _dispatch(args)
-    except (ConfigError, RecordError, RunDirError, ModelError) as e:
+    except errors as e:
         print(f"lance: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permission denied...: say which file, keep the traceback out
@@ -113,6 +140,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(models.resolve(args.source).to_dict(), indent=2))
         return 0
+    if args.command == "eval":
+        from .evaluate.runner import cli_eval
+
+        return cli_eval(args)
     if args.command == "report":
         from .report import write_report
 
@@ -125,6 +156,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     print(f"run finished in {summary.seconds:.0f}s: {summary.run_dir}")
     print(f"final model: {summary.final_model}")
     print(f"LLM calls: {summary.llm_calls['misses']} new, {summary.llm_calls['hits']} from the cache")
+    if summary.best:
+        print(f"best iteration (dev {summary.best['metric']}): {summary.best['model']}; "
+              f"see {summary.run_dir / 'eval' / 'results.md'}")
     return 0
 
 

@@ -169,6 +169,25 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation (lance_llm.evaluate; docs/evaluation.md). Off by default: it adds minutes
+    per model. IFEval on `ifeval_path` is the dev set that picks the best iteration; the
+    multiple-choice benchmarks are reported only, never used for choosing."""
+
+    enabled: bool = False  # evaluate after each iteration inside `lance run`
+    ifeval_path: str = "../shared/data/ifeval/dev.jsonl"  # relative paths: from the working directory
+    ifeval_limit: int | None = None  # prompts (seeded subset); None = the whole file
+    max_new_tokens: int = 256  # IFEval generation cap (greedy decoding)
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"])
+    limit: int | None = 100  # items per multiple-choice benchmark (seeded subset); None = full set
+    seed: int = 0  # subset sampling and bootstrap
+    batch_size: int = 8
+    bootstrap: int = 1000  # paired bootstrap resamples for the 95% intervals
+    select_on: str = "ifeval_prompt_strict"  # dev metric that picks the best iteration
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"
     iterations: int = 2
@@ -182,6 +201,7 @@ class Config:
     clean: CleanConfig = field(default_factory=CleanConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -316,6 +336,11 @@ def _validate(cfg: Config) -> None:
     positive("train.lora.alpha", cfg.train.lora.alpha)
     if not 0 <= cfg.train.lora.dropout < 1:
         raise ConfigError(f"train.lora.dropout: must be in [0, 1), got {cfg.train.lora.dropout}")
+    for name in ("ifeval_limit", "limit"):
+        if getattr(cfg.eval, name) is not None:
+            positive(f"eval.{name}", getattr(cfg.eval, name))
+    for name in ("max_new_tokens", "batch_size", "bootstrap"):
+        positive(f"eval.{name}", getattr(cfg.eval, name))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -56,6 +56,7 @@ class RunSummary:
     funnels: list[dict[str, Any]] = field(default_factory=list)
     llm_calls: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
     seconds: float = 0.0
+    best: dict[str, Any] | None = None  # best iteration on the eval dev set, when eval.enabled
 
 
 def make_backend(cfg: Config, model_path: Path, fingerprint: str) -> Backend:
@@ -138,6 +139,10 @@ class Runner:
                 raise ConfigError(f"system_prompt_path: cannot read {cfg.system_prompt_path}: {e}") from e
         seed0 = load_seed(cfg.data, cfg.seed)
         examples = load_review_examples(cfg.data)
+        if cfg.eval.enabled:  # a bad eval setting fails now, not after the first iteration's training
+            from .evaluate.runner import check
+
+            check(cfg.eval)
         base = models.resolve(cfg.model.source, cfg.model.cache_dir)
         return base, seed0, examples
 
@@ -297,6 +302,22 @@ class Runner:
                                     {**P, "train": cfg.train}, ["model_sft", "model"], train_stage)
         return rd.path(t, "model"), stats
 
+    # -- held-out evaluation (optional) ----------------------------------------------------
+    def evaluate(self) -> dict[str, Any] | None:
+        """Evaluate every finished model of the run (cached ones are skipped) into run_dir/eval/;
+        the best iteration is chosen on the dev set only (see docs/evaluation.md)."""
+        if not self.cfg.eval.enabled:
+            return None
+        from .evaluate.runner import Evaluator, run_targets
+
+        targets = run_targets(self.rd.root, self.cfg.model.cache_dir)
+        results = Evaluator(self.cfg.eval, dtype=self.cfg.model.dtype, echo=self.echo).evaluate(
+            targets, self.rd.root / "eval")
+        best = results.get("best")
+        if best:
+            self.echo(f"[eval] best so far: {best['model']} ({best['reason']})")
+        return best
+
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> RunSummary:
         cfg = self.cfg
@@ -306,6 +327,7 @@ class Runner:
         try:
             summary = RunSummary(run_dir=self.rd.root, final_model=base.path)
             model_path = self.prepare(base, seed0, examples)
+            summary.best = self.evaluate()
             for t in range(1, cfg.iterations + 1):
                 model_path, stats = self.iteration(t, model_path)
                 row = funnel_row(t, stats)
@@ -314,6 +336,7 @@ class Runner:
                 atomic_write_text(self.rd.path(t, "funnel.json"), json.dumps(row, indent=2, default=str))
                 atomic_write_text(self.rd.root / "funnel.md", table + "\n")
                 self.echo("\n" + table + "\n")
+                summary.best = self.evaluate() or summary.best
             self.echo(f"report: {write_report(self.rd.root)}")
             summary.final_model = model_path
             summary.llm_calls = dict(self.calls)
