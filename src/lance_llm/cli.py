@@ -4,6 +4,7 @@
     lance config configs/default.yaml --set generate.threshold=6.5   # print the resolved config
     lance report runs/default [--out FILE]   # write the run's HTML report (default RUN_DIR/report.html)
     lance models list | lance models pull qwen2.5-coder-0.5b | lance models resolve PATH_OR_NAME
+    lance export runs/default --format llamafactory|axolotl|hf [--out DIR] [--iteration N] [--push-to-hub REPO]
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json)")
     p_rep.add_argument("--out", metavar="FILE", help="where to write the report (default RUN_DIR/report.html)")
 
+    p_exp = sub.add_parser("export", help="export a run's SFT and preference sets for LLaMA-Factory, axolotl or HF",
+                           description="Write the SFT and DPO sets of the last finished iteration (or --iteration) "
+                           "as LLaMA-Factory files + dataset_info.json, axolotl JSONL + YAML snippets, or Hugging "
+                           "Face datasets (save_to_disk) + a dataset card, optionally pushed to the Hub.")
+    p_exp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds iter_NN/sft.jsonl, dpo.jsonl)")
+    p_exp.add_argument("--format", required=True, choices=["llamafactory", "axolotl", "hf"])
+    p_exp.add_argument("--out", metavar="DIR", help="where to write (default RUN_DIR/export/FORMAT)")
+    p_exp.add_argument("--iteration", type=int, metavar="N", help="which iteration's sets (default: the last finished)")
+    p_exp.add_argument("--push-to-hub", metavar="REPO", help="with --format hf: upload to this dataset repo "
+                       "(needs network, HF_HUB_OFFLINE=0 and HF_TOKEN)")
+    p_exp.add_argument("--license", default="other", help="licence id for the dataset card (default: other)")
+
     p_models = sub.add_parser("models", help="list, fetch or resolve models")
     msub = p_models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="list the built-in models")
@@ -81,13 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import ConfigError
+    from .export import ExportError
     from .models import ModelError
     from .records import RecordError
     from .rundir import RunDirError
 
     try:
         return _dispatch(args)
-    except (ConfigError, RecordError, RunDirError, ModelError) as e:
+    except (ConfigError, RecordError, RunDirError, ModelError, ExportError) as e:
         print(f"lance: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permission denied...: say which file, keep the traceback out
@@ -112,6 +126,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(models.pull(args.name))
         else:
             print(json.dumps(models.resolve(args.source).to_dict(), indent=2))
+        return 0
+    if args.command == "export":
+        from .export import export
+
+        for path in export(args.run_dir, args.format, args.out, args.iteration, args.push_to_hub, args.license):
+            print(path)
         return 0
     if args.command == "report":
         from .report import write_report
