@@ -59,7 +59,14 @@ class RunSummary:
 
 
 def make_backend(cfg: Config, model_path: Path, fingerprint: str) -> Backend:
-    """The inference backend named by `backend.kind` (only `hf` so far)."""
+    """The inference backend named by `backend.kind` (only `hf` so far), fanned out over Ray
+    actors (each building this same backend) when `backend.distributed` is `ray`."""
+    if cfg.backend.distributed == "ray":
+        from .backends.ray_backend import RayBackend
+
+        return RayBackend(cfg.to_dict(), model_path, fingerprint, num_actors=cfg.backend.num_actors,
+                          shard_size=cfg.backend.batch_size * 2, address=cfg.backend.ray_address,
+                          actor_num_cpus=cfg.backend.actor_num_cpus, actor_num_gpus=cfg.backend.actor_num_gpus)
     from .backends.hf import HFBackend
 
     return HFBackend(model_path, fingerprint, batch_size=cfg.backend.batch_size, dtype=cfg.model.dtype,
@@ -105,8 +112,14 @@ class Runner:
 
     def backend(self, model_path: Path, label: str) -> CachedBackend:
         fp = models.fingerprint(model_path)
+        chunk = self.cfg.backend.batch_size * 2
+        if self.cfg.backend.distributed == "ray":
+            # whole multiples of the single-process chunk: Ray's shards are those chunks (same records)
+            from .backends.ray_backend import SHARDS_PER_ACTOR
+
+            chunk *= self.cfg.backend.num_actors * SHARDS_PER_ACTOR
         b = CachedBackend(lambda: make_backend(self.cfg, model_path, fp), fp, self.rd.root / "cache.sqlite",
-                          chunk_size=self.cfg.backend.batch_size * 2)
+                          chunk_size=chunk)
         b.label = label
         return b
 
