@@ -55,6 +55,15 @@ def test_lora_with_sharding_is_refused_before_launch(tmp_path: Path) -> None:
         launch.train("sft", tmp_path, tmp_path / "x.jsonl", tmp_path / "out", cfg, seed=0)
 
 
+def test_several_cpu_processes_without_a_config_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # accelerate would silently start one process: no GPU and no config file
+    monkeypatch.setattr(launch, "_has_cuda", lambda: False)
+    monkeypatch.setattr("accelerate.commands.config.default_config_file", str(tmp_path / "none.yaml"))
+    cfg = TrainConfig(launcher="accelerate", num_processes=2)
+    with pytest.raises(ConfigError, match="cpu_gloo"):
+        launch.train("sft", tmp_path, tmp_path / "x.jsonl", tmp_path / "out", cfg, seed=0)
+
+
 def test_launcher_keys_in_config() -> None:
     cfg = load_config(None, ["train.launcher=accelerate", "train.num_processes=2",
                              f"train.accelerate_config={CONFIGS / 'cpu_gloo.yaml'}"])

@@ -76,13 +76,26 @@ def read_accelerate_config(path: str | Path) -> dict[str, Any]:
 
 
 def _check(cfg: TrainConfig) -> dict[str, Any]:
-    conf = read_accelerate_config(cfg.accelerate_config) if cfg.accelerate_config else {}
+    from accelerate.commands.config import default_config_file
+
+    path = cfg.accelerate_config or (default_config_file if Path(default_config_file).is_file() else None)
+    conf = read_accelerate_config(path) if path else {}
+    if not path and (cfg.num_processes or 1) > 1 and not _has_cuda():
+        # without a config, accelerate launch starts several processes only for several GPUs
+        raise ConfigError("train.launcher=accelerate with several processes on a machine without GPUs needs "
+                          "train.accelerate_config (e.g. configs/accelerate/cpu_gloo.yaml)")
     kind = str(conf.get("distributed_type", "NO")).upper().rsplit(".", 1)[-1]
     if cfg.method == "lora" and kind in SHARDED:
         # merging adapters needs the whole base on one process; LoRA states are small, DDP suffices
         raise ConfigError(f"train.method=lora with {kind} ({cfg.accelerate_config}) is not supported: "
                           "use a DDP config (configs/accelerate/ddp.yaml) for LoRA")
     return conf
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _threads(cfg: TrainConfig, conf: dict[str, Any]) -> int:
