@@ -32,8 +32,8 @@ def _calls(run_dir: Path) -> dict[str, object]:
 
 def _stages(run_dir: Path, distributed: str) -> tuple[list[dict], list[dict], dict, int]:
     cfg = build_config({
-        "run_dir": str(run_dir), "data": {"limit": 4},
-        # batch 2: shards of 4 requests, so each call is cut into several shards over the 2 actors
+        "run_dir": str(run_dir), "data": {"limit": 8},
+        # batch 2: shards of 4 requests, so each call of 8 requests is cut into 2 shards over the 2 actors
         "backend": {"batch_size": 2, "threads": 1, "distributed": distributed, "num_actors": 2},
         "review": {"mode": "expected"},
         "generate": {"n_instructions": 2, "n_responses": 1, "n_degraded": 2, "threshold": 0.0,
@@ -47,8 +47,8 @@ def _stages(run_dir: Path, distributed: str) -> tuple[list[dict], list[dict], di
         reviewed, _ = review.review(seed, backend, cfg.review, system, seed=1)
         # half the seeds low (rewrite), half high (degrade): both generate branches run
         scores = sorted(s.review.score for s in reviewed)
-        low, high, _ = generate.split(reviewed, (scores[1] + scores[2]) / 2)
-        assert len(low) == 2 and len(high) == 2
+        low, high, _ = generate.split(reviewed, (scores[3] + scores[4]) / 2)
+        assert len(low) == 4 and len(high) == 4
         cands, _ = generate.generate(low, high, backend, cfg.generate, system, iteration=1, seed=cfg.seed)
         calls, tokens = dict(backend.stats), backend.tokens
     finally:
