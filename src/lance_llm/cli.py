@@ -5,6 +5,7 @@
     lance report runs/default [--out FILE]   # write the run's HTML report (default RUN_DIR/report.html)
     lance models list | lance models pull qwen2.5-coder-0.5b | lance models resolve PATH_OR_NAME
     lance eval runs/default --limit 100 --ifeval-limit 100   # held-out eval of base, M_0, M_1, ...
+    lance export runs/default --format llamafactory|axolotl|hf [--out DIR] [--iteration N] [--push-to-hub REPO]
 """
 
 from __future__ import annotations
@@ -73,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--seed", type=int, help="subset and bootstrap seed (default 0)")
     p_eval.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default 1000)")
     p_eval.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    p_exp = sub.add_parser("export", help="export a run's SFT and preference sets for LLaMA-Factory, axolotl or HF",
+                           description="Write the SFT and DPO sets of the last finished iteration (or --iteration) "
+                           "as LLaMA-Factory files + dataset_info.json, axolotl JSONL + YAML snippets, or Hugging "
+                           "Face datasets (save_to_disk) + a dataset card, optionally pushed to the Hub.")
+    p_exp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds iter_NN/sft.jsonl, dpo.jsonl)")
+    p_exp.add_argument("--format", required=True, choices=["llamafactory", "axolotl", "hf"])
+    p_exp.add_argument("--out", metavar="DIR", help="where to write (default RUN_DIR/export/FORMAT)")
+    p_exp.add_argument("--iteration", type=int, metavar="N", help="which iteration's sets (default: the last finished)")
+    p_exp.add_argument("--push-to-hub", metavar="REPO", help="with --format hf: upload to this dataset repo "
+                       "(needs network, HF_HUB_OFFLINE=0 and HF_TOKEN)")
+    p_exp.add_argument("--license", default="other", help="licence id for the dataset card (default: other)")
 
     p_models = sub.add_parser("models", help="list, fetch or resolve models")
     msub = p_models.add_subparsers(dest="models_command", required=True)
@@ -103,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import ConfigError
+    from .export import ExportError
     from .models import ModelError
     from .records import RecordError
     from .rundir import RunDirError
 
-    errors: tuple[type[Exception], ...] = (ConfigError, RecordError, RunDirError, ModelError)
+    errors: tuple[type[Exception], ...] = (ConfigError, RecordError, RunDirError, ModelError, ExportError)
     if args.command == "eval":
         from .evaluate.runner import EVAL_ERRORS
 
@@ -144,6 +157,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .evaluate.runner import cli_eval
 
         return cli_eval(args)
+    if args.command == "export":
+        from .export import export
+
+        for path in export(args.run_dir, args.format, args.out, args.iteration, args.push_to_hub, args.license):
+            print(path)
+        return 0
     if args.command == "report":
         from .report import write_report
 

@@ -74,6 +74,13 @@ class BackendConfig:
     kind: Literal["hf"] = "hf"
     batch_size: int = 8  # sequences per forward/generate call
     threads: int | None = None  # torch threads; None = torch's default
+    # [scaling up] "ray": fan generate/score calls out over Ray actors, each holding this backend
+    # (lance_llm.backends.ray_backend; needs `pip install lance-llm[ray]`). Same records as "none".
+    distributed: Literal["none", "ray"] = "none"
+    num_actors: int = 2  # ray: actors (model copies); each takes one shard of `batch_size * 2` requests at a time
+    ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None = start a local one
+    actor_num_cpus: float = 1.0  # ray: CPUs reserved per actor
+    actor_num_gpus: float = 0.0  # ray: GPUs reserved per actor (1 = one model copy per GPU)
 
 
 @dataclass
@@ -166,6 +173,11 @@ class TrainConfig:
     dpo: StepConfig = field(default_factory=lambda: StepConfig(learning_rate=5e-7))
     lora: LoraConfig = field(default_factory=LoraConfig)
     bf16: Literal["auto", "true", "false"] = "auto"
+    # [scaling up] "accelerate": each SFT/DPO run is `accelerate launch` of lance_llm.launch in
+    # num_processes processes (DDP, FSDP, DeepSpeed per accelerate_config; see configs/accelerate/)
+    launcher: Literal["inprocess", "accelerate"] = "inprocess"
+    accelerate_config: str | None = None  # an accelerate config YAML; None = accelerate's own default
+    num_processes: int | None = None  # overrides the config file's num_processes
 
 
 @dataclass
@@ -332,6 +344,9 @@ def _validate(cfg: Config) -> None:
         positive(f"train.{step}.grad_accum", s.grad_accum)
         positive(f"train.{step}.max_length", s.max_length)
         positive(f"train.{step}.beta", s.beta)
+    positive("backend.num_actors", cfg.backend.num_actors)
+    if cfg.train.num_processes is not None:
+        positive("train.num_processes", cfg.train.num_processes)
     positive("train.lora.r", cfg.train.lora.r)
     positive("train.lora.alpha", cfg.train.lora.alpha)
     if not 0 <= cfg.train.lora.dropout < 1:

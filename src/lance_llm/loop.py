@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import launch, models
 from .backends.base import Backend
 from .backends.cache import CachedBackend
 from .config import Config, ConfigError
@@ -44,7 +44,7 @@ from .records import (
 from .report import write_report
 from .rundir import RunDir
 from .seeds import load_review_examples, load_seed
-from .stages import annotate, clean, generate, review, train
+from .stages import annotate, clean, generate, review
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,14 @@ class RunSummary:
 
 
 def make_backend(cfg: Config, model_path: Path, fingerprint: str) -> Backend:
-    """The inference backend named by `backend.kind` (only `hf` so far)."""
+    """The inference backend named by `backend.kind` (only `hf` so far), fanned out over Ray
+    actors (each building this same backend) when `backend.distributed` is `ray`."""
+    if cfg.backend.distributed == "ray":
+        from .backends.ray_backend import RayBackend
+
+        return RayBackend(cfg.to_dict(), model_path, fingerprint, num_actors=cfg.backend.num_actors,
+                          shard_size=cfg.backend.batch_size * 2, address=cfg.backend.ray_address,
+                          actor_num_cpus=cfg.backend.actor_num_cpus, actor_num_gpus=cfg.backend.actor_num_gpus)
     from .backends.hf import HFBackend
 
     return HFBackend(model_path, fingerprint, batch_size=cfg.backend.batch_size, dtype=cfg.model.dtype,
@@ -106,8 +113,14 @@ class Runner:
 
     def backend(self, model_path: Path, label: str) -> CachedBackend:
         fp = models.fingerprint(model_path)
+        chunk = self.cfg.backend.batch_size * 2
+        if self.cfg.backend.distributed == "ray":
+            # whole multiples of the single-process chunk: Ray's shards are those chunks (same records)
+            from .backends.ray_backend import SHARDS_PER_ACTOR
+
+            chunk *= self.cfg.backend.num_actors * SHARDS_PER_ACTOR
         b = CachedBackend(lambda: make_backend(self.cfg, model_path, fp), fp, self.rd.root / "cache.sqlite",
-                          chunk_size=self.cfg.backend.batch_size * 2)
+                          chunk_size=chunk)
         b.label = label
         return b
 
@@ -164,8 +177,8 @@ class Runner:
         out = rd.path(0, "model")
 
         def train0() -> dict[str, Any]:
-            res = train.train_sft(base.path, rd.path(0, "sft.jsonl"), out, cfg.train, cfg.seed,
-                                  cfg.model.trust_remote_code)
+            res = launch.train("sft", base.path, rd.path(0, "sft.jsonl"), out, cfg.train, cfg.seed,
+                               cfg.model.trust_remote_code)
             return {"sft": res.to_dict()}
 
         self.stage(0, "train", {"sft": rd.path(0, "sft.jsonl")},
@@ -282,12 +295,12 @@ class Runner:
 
         def train_stage() -> dict[str, Any]:
             out: dict[str, Any] = {}
-            sft_res = train.train_sft(model_path, rd.path(t, "sft.jsonl"), rd.path(t, "model_sft"), cfg.train,
-                                      stable_int(cfg.seed, "train", t), cfg.model.trust_remote_code)
+            sft_res = launch.train("sft", model_path, rd.path(t, "sft.jsonl"), rd.path(t, "model_sft"), cfg.train,
+                                   stable_int(cfg.seed, "train", t), cfg.model.trust_remote_code)
             out["sft"] = sft_res.to_dict()
             if stats["annotate"]["dpo_total"] > 0:
-                dpo_res = train.train_dpo(sft_res.path, rd.path(t, "dpo.jsonl"), rd.path(t, "model"), cfg.train,
-                                          stable_int(cfg.seed, "dpo", t), cfg.model.trust_remote_code)
+                dpo_res = launch.train("dpo", sft_res.path, rd.path(t, "dpo.jsonl"), rd.path(t, "model"), cfg.train,
+                                       stable_int(cfg.seed, "dpo", t), cfg.model.trust_remote_code)
                 out["dpo"] = dpo_res.to_dict()
             else:
                 # no preference pair yet: M_{t+1} is the SFT model (said in the funnel, not hidden)

@@ -107,14 +107,21 @@ def _dataset(path: str | Path):
 
 
 def _save(trainer, tokenizer, out: Path) -> None:
-    """Write a plain (merged) safetensors checkpoint atomically: out/ appears only when complete."""
-    model = trainer.model
+    """Write a plain (merged) safetensors checkpoint atomically: out/ appears only when complete.
+    Under several processes (lance_llm.launch) every rank calls this; only rank 0 writes."""
+    model, state_dict = trainer.model, None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # sharded weights: every rank takes part in gathering the full state dict onto rank 0
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    if not trainer.is_world_process_zero():
+        return
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -128,9 +135,10 @@ def _finish(trainer, tokenizer, out: Path, n: int, t0: float) -> TrainResult:
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     _save(trainer, tokenizer, out)
-    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # Trainer scratch (save_strategy="no")
-    with (out / "train_log.json").open("w") as fh:
-        json.dump(state.log_history, fh, indent=1)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # Trainer scratch (save_strategy="no")
+        with (out / "train_log.json").open("w") as fh:
+            json.dump(state.log_history, fh, indent=1)
     return TrainResult(out, state.global_step, n, losses[-1] if losses else None, time.time() - t0)
 
 
