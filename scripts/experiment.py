@@ -113,8 +113,8 @@ def section(config: str, args: argparse.Namespace, log: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
-    p.add_argument("--ifeval-limit", type=int, default=60, help="IFEval dev prompts per checkpoint")
-    p.add_argument("--mc-limit", type=int, default=50, help="items per multiple-choice benchmark")
+    p.add_argument("--ifeval-limit", type=int, default=40, help="IFEval dev prompts per checkpoint")
+    p.add_argument("--mc-limit", type=int, default=30, help="items per multiple-choice benchmark")
     p.add_argument("--judge-limit", type=int, default=0, help="judge pairs per checkpoint (0 = the whole test split)")
     p.add_argument("--no-judge", action="store_true", help="skip the judge-reliability step")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "experiment.md")
