@@ -409,3 +409,18 @@ def test_open_accepts_empty_existing_dir(tmp_path: Path) -> None:
     rd.open({}, {})
     assert json.loads((root / "run.json").read_text())["format_version"] == FORMAT_VERSION
     rd.close()
+
+
+def test_train_params_leave_out_the_launcher_keys_while_training_in_process() -> None:
+    from dataclasses import replace
+
+    from lance_llm.config import TrainConfig
+    from lance_llm.loop import train_params
+
+    inproc = train_params(TrainConfig())
+    assert inproc.startswith("TrainConfig(method='full', m0_sft=True, sft=StepConfig(")
+    assert "launcher" not in inproc and "num_processes" not in inproc and inproc.endswith("bf16='auto')")
+    launched = train_params(replace(TrainConfig(), launcher="accelerate", num_processes=2))
+    assert "launcher='accelerate'" in launched and "num_processes=2" in launched
+    # a result-changing setting still changes what the manifest records
+    assert train_params(replace(TrainConfig(), method="lora")) != inproc

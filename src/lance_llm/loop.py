@@ -22,14 +22,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import launch, models
 from .backends.base import Backend
 from .backends.cache import CachedBackend
-from .config import Config, ConfigError
+from .config import Config, ConfigError, TrainConfig
 from .funnel import funnel_markdown, funnel_row
 from .prompts import load, templates_hash
 from .records import (
@@ -57,6 +57,16 @@ class RunSummary:
     llm_calls: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
     seconds: float = 0.0
     best: dict[str, Any] | None = None  # best iteration on the eval dev set, when eval.enabled
+
+
+def train_params(train: TrainConfig) -> str:
+    """What a train stage's manifest records of the training settings: the config's repr (as for
+    every stage), without the launcher keys while training runs in this process. They only count
+    when it does not (several processes change the effective batch), so runs made before the keys
+    existed, or with them unset, resume without retraining."""
+    skip = {"launcher", "accelerate_config", "num_processes"} if train.launcher == "inprocess" else set()
+    shown = ", ".join(f"{f.name}={getattr(train, f.name)!r}" for f in fields(train) if f.name not in skip)
+    return f"{type(train).__qualname__}({shown})"
 
 
 def make_backend(cfg: Config, model_path: Path, fingerprint: str) -> Backend:
@@ -182,7 +192,7 @@ class Runner:
             return {"sft": res.to_dict()}
 
         self.stage(0, "train", {"sft": rd.path(0, "sft.jsonl")},
-                   {"train": cfg.train, "model": base.fingerprint}, ["model"], train0)
+                   {"train": train_params(cfg.train), "model": base.fingerprint}, ["model"], train0)
         return out
 
     # -- iteration t -----------------------------------------------------------------------
@@ -312,7 +322,7 @@ class Runner:
             return out
 
         stats["train"] = self.stage(t, "train", {"sft": rd.path(t, "sft.jsonl"), "dpo": rd.path(t, "dpo.jsonl")},
-                                    {**P, "train": cfg.train}, ["model_sft", "model"], train_stage)
+                                    {**P, "train": train_params(cfg.train)}, ["model_sft", "model"], train_stage)
         return rd.path(t, "model"), stats
 
     # -- held-out evaluation (optional) ----------------------------------------------------
