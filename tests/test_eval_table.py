@@ -100,3 +100,45 @@ def test_cli_refuses_bad_settings_before_loading(capsys: pytest.CaptureFixture[s
     missing = tmp_path / "missing.jsonl"
     assert main(["eval", "smollm2-135m", "--ifeval", str(missing)]) == 2
     assert "missing.jsonl: cannot read" in capsys.readouterr().err
+
+
+def test_evaluator_writes_after_each_model_and_reuses_its_cache(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bookkeeping only: generation and lm-eval are replaced by fixed answers (the real path is
+    tested in test_eval_real.py)."""
+    from lance_llm.config import EvalConfig
+    from lance_llm.evaluate import harness, ifeval
+
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"key": k, "prompt": f"p{k}", "instruction_id_list": ["punctuation:no_comma"],
+                                       "kwargs": [{}]}) + "\n" for k in range(4)))
+    calls: list[str] = []
+    snapshots: list[dict] = []
+
+    def fake_generate(path: Path, fp: str, docs: list, *a: object, **k: object) -> list[str]:
+        calls.append(f"gen {fp}")
+        return ["no commas here" if fp == "fpB" else "a, b"] * len(docs)
+
+    def fake_run(path: Path, sizes: dict, *a: object, **k: object) -> dict:
+        calls.append(f"mc {path.name}")
+        out_json = tmp_path / "out" / "results.json"
+        if out_json.exists():  # the first model's row is on disk before the second one is scored
+            snapshots.append(json.loads(out_json.read_text()))
+        return {b: [{"idx": i, "correct": float(i % 2)} for i in range(n)] for b, n in sizes.items()}
+
+    monkeypatch.setattr(ifeval, "generate", fake_generate)
+    monkeypatch.setattr(harness, "run", fake_run)
+    cfg = EvalConfig(ifeval_path=str(dev), benchmarks=["arc_easy"], limit=6, bootstrap=50)
+    targets = [runner.Target("base", None, tmp_path / "a", "fpA"), runner.Target("M_1", 1, tmp_path / "b", "fpB")]
+    ev = runner.Evaluator(cfg, results_cache=tmp_path / "cache", echo=lambda s: None)
+    res = ev.evaluate(targets, tmp_path / "out")
+    assert calls == ["gen fpA", "mc a", "gen fpB", "mc b"]
+    assert [r["model"] for r in snapshots[0]["rows"]] == ["base"] and snapshots[0]["pending"] == ["M_1"]
+    assert res["pending"] == [] and res["best"]["model"] == "M_1"
+    assert res["rows"][1]["delta_vs_previous"]["ifeval_prompt_strict"]["delta"] == 1.0
+    # again: all from the cache; a damaged cache file is recomputed, not trusted
+    calls.clear()
+    next((tmp_path / "cache" / "fpB").glob("arc_easy-*.json")).write_text("{torn")
+    again = runner.Evaluator(cfg, results_cache=tmp_path / "cache", echo=lambda s: None).evaluate(
+        targets, tmp_path / "out")
+    assert calls == ["mc b"] and again["rows"][1]["scores"] == res["rows"][1]["scores"]
