@@ -73,7 +73,8 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd.handle_error = lambda request, address: None  # type: ignore[method-assign] # a client that gave up
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
@@ -135,7 +136,8 @@ def echo_server(path: str, body: dict[str, Any], n: int) -> Reply:
         return 400, {"error": {"message": "unsupported"}}, {}
     text = body["prompt"]
     tokens = [*text, "!"]
-    return 200, completion_reply({"tokens": tokens, "text_offset": list(range(len(tokens))),
+    # offsets as llama-cpp-python counts them (special tokens dropped): the backend must not rely on them
+    return 200, completion_reply({"tokens": tokens, "text_offset": [0] * len(tokens),
                                   "token_logprobs": [None] + [char_logprob(c) for c in text[1:]] + [-0.01],
                                   "top_logprobs": None}), {}
 
@@ -236,6 +238,28 @@ def test_score_echo_counts_a_token_that_straddles_the_prefix(serve: Any) -> None
 
     b = make(serve(handle).url, score_method="echo")
     assert b.score([ScoreRequest((("user", "x"),), "score: ", ("7",))]) == [[-0.25]]
+
+
+def test_score_echo_without_a_listed_generated_token(serve: Any) -> None:
+    # the server stopped at end-of-sequence: usage says 0 generated, the list ends with the prompt
+    def handle(path: str, body: dict[str, Any], n: int) -> Reply:
+        reply = completion_reply({"tokens": ["<x>", "score", ":", " ", "1", "0"], "text_offset": [0] * 6,
+                                  "token_logprobs": [None, -1.0, -2.0, -0.5, -0.25, -0.125], "top_logprobs": None})
+        reply["usage"]["completion_tokens"] = 0
+        return 200, reply, {}
+
+    b = make(serve(handle).url, score_method="echo")
+    assert b.score([ScoreRequest((("user", "x"),), "score: ", ("10",))]) == [[-0.375]]
+
+
+def test_score_echo_refuses_tokens_that_do_not_spell_the_continuation(serve: Any) -> None:
+    def handle(path: str, body: dict[str, Any], n: int) -> Reply:
+        return 200, completion_reply({"tokens": ["<x>", "score", ": 8", "!"], "text_offset": [0] * 4,
+                                      "token_logprobs": [None, -1.0, -2.0, -0.5], "top_logprobs": None}), {}
+
+    b = make(serve(handle).url, score_method="echo")
+    with pytest.raises(ScoringUnsupportedError, match="does not end with the continuation"):
+        b.score([ScoreRequest((("user", "x"),), "score: ", ("7",))])
 
 
 def top_logprob_server(path: str, body: dict[str, Any], n: int) -> Reply:

@@ -16,9 +16,9 @@ score: log P(continuation | chat + assistant prefix). Chat completions cannot st
 reply with a given prefix on every server, so scoring uses /v1/completions on the prompt rendered
 locally with the model's own chat template (from `tokenizer_path`, the run's checkpoint):
 - `echo`: one call per continuation with `echo=true, logprobs=1` returns the log-probability of
-  every prompt token; the continuation's log-probability is the sum over the tokens from the first
-  one that reaches past the prefix (as the in-process backend counts it). Exact. llama-cpp-python
-  and vLLM servers support it.
+  every prompt token; the continuation's log-probability is the sum over the last prompt tokens
+  that spell it (the first may reach into the prefix, as the in-process backend counts it).
+  Exact. llama-cpp-python and vLLM servers support it.
 - `top_logprobs`: for servers without echo: ask for the top-k next tokens after the prefix and walk
   the continuation token by token (longest matching token first), one call per distinct step
   ("10" costs a second call after "1"). A continuation token outside the top k counts as
@@ -197,26 +197,31 @@ class OpenAIBackend(Backend):
         )
 
     def _echo_logprob(self, base: str, cont: str) -> float:
-        text = base + cont
-        # max_tokens=1: some servers read 0 as "no limit"; the one generated token is ignored below
-        resp = self.client.completions.create(model=self.model, prompt=text, max_tokens=1, temperature=0.0,
+        # max_tokens=1: some servers read 0 as "no limit"; the generated token is dropped below
+        resp = self.client.completions.create(model=self.model, prompt=base + cont, max_tokens=1, temperature=0.0,
                                               echo=True, logprobs=1)
         self._count(resp.usage)
         lp = resp.choices[0].logprobs
-        if lp is None or not lp.tokens or lp.token_logprobs is None or lp.text_offset is None:
+        if lp is None or not lp.tokens or lp.token_logprobs is None:
             raise ScoringUnsupportedError("the server returned no prompt log-probabilities for echo=true")
-        total, counted = 0.0, 0
-        for token, offset, value in zip(lp.tokens, lp.text_offset, lp.token_logprobs, strict=False):
-            if offset >= len(text):
-                break  # the generated token
-            if offset + len(token) <= len(base):
-                continue  # entirely inside the prompt + prefix
-            if value is None:
-                raise ScoringUnsupportedError(f"no log-probability for prompt token {token!r}")
-            total += value
-            counted += 1
-        if counted == 0:
-            raise ScoringUnsupportedError(f"echo returned no token for continuation {cont!r}")
+        # The echoed list is the prompt's tokens, then the generated ones (usage says how many; an
+        # end-of-sequence token may not be listed). Text offsets are not used: llama-cpp-python
+        # counts them in text without special tokens. Instead walk back from the end of the prompt
+        # until the tokens cover the continuation; the first of them may reach into the prefix,
+        # the same rule as the in-process backend (first token that differs from the prefix's).
+        generated = int(getattr(resp.usage, "completion_tokens", 1) or 0) if resp.usage is not None else 1
+        tokens = list(lp.tokens[: len(lp.tokens) - generated])
+        values = list(lp.token_logprobs[: len(tokens)])
+        total, text, i = 0.0, "", len(tokens)
+        while len(text) < len(cont) and i > 1:
+            i -= 1
+            if values[i] is None:
+                raise ScoringUnsupportedError(f"no log-probability for prompt token {tokens[i]!r}")
+            text = tokens[i] + text
+            total += values[i]
+        if not text.endswith(cont):
+            raise ScoringUnsupportedError(f"the echoed prompt does not end with the continuation {cont!r} "
+                                          f"(last tokens {tokens[-4:]!r})")
         return total
 
     def _next_tokens(self, prompt: str, memo: dict[str, dict[str, float]]) -> dict[str, float]:
