@@ -82,17 +82,71 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 def make(fake_vllm: types.ModuleType, **cfg: Any) -> Any:
     from lance_llm.backends.vllm import VLLMBackend
 
-    return VLLMBackend("/ckpt", "fp", VLLMBackendConfig(**cfg), dtype="bfloat16")
+    return VLLMBackend("/ckpt", "fp", VLLMBackendConfig(**cfg), dtype="bfloat16", tokenizer=FakeTokenizer())
 
 
 def test_engine_settings(fake_vllm: types.ModuleType) -> None:
-    make(fake_vllm, tensor_parallel_size=2, data_parallel_size=4, max_model_len=2048)
+    make(fake_vllm, tensor_parallel_size=2, max_model_len=2048)
     kw = FakeLLM.instances[-1].kwargs
     assert kw["model"] == "/ckpt" and kw["tokenizer"] == "/ckpt" and kw["dtype"] == "bfloat16"
-    assert (kw["tensor_parallel_size"], kw["data_parallel_size"], kw["max_model_len"]) == (2, 4, 2048)
+    assert (kw["tensor_parallel_size"], kw["max_model_len"]) == (2, 2048)
     assert kw["enable_prefix_caching"] is True and kw["enable_sleep_mode"] is True
-    make(fake_vllm)
-    assert "data_parallel_size" not in FakeLLM.instances[-1].kwargs  # 1: vLLM's default, not passed
+    assert "data_parallel_size" not in kw  # replicas are our processes, not an engine argument
+
+
+# A fake vllm module for data-parallel replicas, which run in spawned processes (where a module
+# injected into this process's sys.modules does not exist): it answers with the GPUs it was given.
+FAKE_MODULE = """
+import os, types
+
+class SamplingParams:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+class LLM:
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def generate(self, prompts, params, use_tqdm):
+        gpus, tp = os.environ.get("CUDA_VISIBLE_DEVICES"), self.kw["tensor_parallel_size"]
+        texts = [f"gpus={gpus} tp={tp} len={len(p['prompt_token_ids'])}" for p in prompts]
+        return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=t, token_ids=[1])] * sp.n,
+                                      prompt_logprobs=None) for t, sp in zip(texts, params)]
+
+    def sleep(self, level):
+        pass
+"""
+
+
+def test_data_parallel_replicas_own_their_gpus_and_share_the_work(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lance_llm.backends.vllm import VLLMBackend
+
+    (tmp_path / "fake_vllm_dp.py").write_text(FAKE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned children inherit sys.path
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    b = VLLMBackend("/ckpt", "fp", VLLMBackendConfig(tensor_parallel_size=2, data_parallel_size=2),
+                    module="fake_vllm_dp", tokenizer=FakeTokenizer())
+    try:
+        reqs = [GenerateRequest((("user", "x" * i),), Sampling(n=2)) for i in range(1, 6)]
+        out = b.generate(reqs)
+        assert [len(o) for o in out] == [2] * 5
+        # contiguous shards, order kept: the first 3 requests on GPUs 4,5, the other 2 on 6,7
+        assert [o[0].split(" len=")[0] for o in out] == ["gpus=4,5 tp=2"] * 3 + ["gpus=6,7 tp=2"] * 2
+        prompt_len = len("[user][assistant]")
+        assert [int(o[0].split("len=")[1]) for o in out] == [prompt_len + i for i in range(1, 6)]
+    finally:
+        b.close()
+    assert all(not r.proc.is_alive() for r in b.replicas) and b.replicas == []
+
+
+def test_data_parallel_needs_enough_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lance_llm.backends.vllm import VLLMBackend
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(RuntimeError, match="need 4 GPUs"):
+        VLLMBackend("/ckpt", "fp", VLLMBackendConfig(tensor_parallel_size=2, data_parallel_size=2),
+                    module="fake_vllm_dp", tokenizer=FakeTokenizer())
 
 
 def test_generate_translates_n_seed_and_greedy(fake_vllm: types.ModuleType) -> None:
@@ -117,7 +171,7 @@ def test_score_sums_prompt_logprobs_of_the_continuation(fake_vllm: types.ModuleT
     assert seven == pytest.approx(lp("7"))
     assert ten == pytest.approx(lp("1") + lp("0"))
     prompts, params = FakeLLM.instances[-1].calls[-1]
-    assert params.prompt_logprobs == 0 and params.max_tokens == 1
+    assert all(p.prompt_logprobs == 0 and p.max_tokens == 1 for p in params)
     assert [bytes(p["prompt_token_ids"][-2:]).decode() for p in prompts] == [" 7", "10"]
 
 
@@ -127,7 +181,7 @@ def test_close_sleeps_then_tears_down_and_sleep_wake(fake_vllm: types.ModuleType
     b.sleep()
     b.wake()
     b.close()
-    assert llm.slept == [1, 0, 2] and b.llm is None
+    assert llm.slept == [1, 0, 2] and b.engine is None
     b.close()  # idempotent
     make(fake_vllm, sleep_mode=False).close()
     assert FakeLLM.instances[-1].slept == []
@@ -138,7 +192,7 @@ def test_missing_vllm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from lance_llm.backends.vllm import VLLMBackend
 
     with pytest.raises(RuntimeError, match=r"lance-llm\[vllm\]"):
-        VLLMBackend("/ckpt", "fp", VLLMBackendConfig())
+        VLLMBackend("/ckpt", "fp", VLLMBackendConfig(), tokenizer=FakeTokenizer())
 
 
 def test_vllm_config_is_checked() -> None:
