@@ -222,7 +222,8 @@ def test_score_with_echo_sums_the_continuation_tokens(serve: Any) -> None:
     assert seven == pytest.approx(char_logprob("7"))
     assert ten == pytest.approx(char_logprob("1") + char_logprob("0"))
     prompts = [s["prompt"] for s in srv.posts("/completions")]
-    assert prompts[-1] == "<user>rate it\n<assistant>score: 10"  # rendered locally, prefix + continuation
+    # rendered locally, prefix + continuation (calls run concurrently: any order)
+    assert "<user>rate it\n<assistant>score: 10" in prompts and "<user>rate it\n<assistant>score: 7" in prompts
     assert b._method == "echo"
 
 
@@ -296,6 +297,14 @@ def test_server_that_cannot_score_fails_clearly(serve: Any) -> None:
     b = make(srv.url)
     with pytest.raises(ScoringUnsupportedError, match=r"cannot score continuations.*review.mode=sampled"):
         b.score([ScoreRequest((("user", "x"),), "score: ", ("1",))])
+
+
+def test_a_failing_server_is_not_reported_as_unable_to_score(serve: Any) -> None:
+    import openai
+
+    srv = serve(lambda p, body, n: (503, {"error": {"message": "overloaded"}}, {"retry-after-ms": "10"}))
+    with pytest.raises(openai.InternalServerError):
+        make(srv.url).score([ScoreRequest((("user", "x"),), "score: ", ("1",))])
 
 
 def test_cache_answers_repeats_without_the_server(serve: Any, tmp_path: Any) -> None:

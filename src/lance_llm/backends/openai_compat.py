@@ -36,6 +36,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -105,6 +106,7 @@ class OpenAIBackend(Backend):
         self.cfg = cfg
         self.fingerprint = fingerprint
         self.tokens = {"prompt": 0, "generated": 0}
+        self._lock = threading.Lock()
         key = "not-needed"  # local servers accept any key; the client refuses to start without one
         if cfg.key_env:
             key = os.environ.get(cfg.key_env, "")
@@ -127,9 +129,10 @@ class OpenAIBackend(Backend):
         return list(self.pool.map(fn, items))
 
     def _count(self, usage: Any) -> None:
-        if usage is not None:  # += on a dict from worker threads: fine under the GIL for ints
-            self.tokens["prompt"] += int(getattr(usage, "prompt_tokens", 0) or 0)
-            self.tokens["generated"] += int(getattr(usage, "completion_tokens", 0) or 0)
+        if usage is not None:
+            with self._lock:  # called from the worker threads
+                self.tokens["prompt"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+                self.tokens["generated"] += int(getattr(usage, "completion_tokens", 0) or 0)
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
@@ -182,6 +185,8 @@ class OpenAIBackend(Backend):
 
     def _probe(self, base: str, cont: str) -> str:
         """Pick the scoring method the server supports (once per backend)."""
+        import openai
+
         errors = []
         for method, fn in (("echo", lambda: self._echo_logprob(base, cont)),
                            ("top_logprobs", lambda: self._walk_logprob(base, cont, {}))):
@@ -189,8 +194,12 @@ class OpenAIBackend(Backend):
                 fn()
                 log.info("%s: scoring with %s", self.cfg.base_url, method)
                 return method
-            except Exception as e:  # any failure here means "not supported", reported below
+            except openai.APIStatusError as e:
+                if e.status_code >= 500 or e.status_code in (401, 403, 429):
+                    raise  # a server or account problem, not a missing feature: say so as it is
                 errors.append(f"{method}: {type(e).__name__}: {e}")
+            except (ScoringUnsupportedError, AttributeError, TypeError, IndexError, KeyError) as e:
+                errors.append(f"{method}: {type(e).__name__}: {e}")  # answered, but not what scoring needs
         raise ScoringUnsupportedError(
             f"{self.cfg.base_url} cannot score continuations ({'; '.join(errors)}). Scoring needs /v1/completions "
             "with logprobs (llama-cpp-python and vLLM servers have it); use review.mode=sampled with this server."
