@@ -343,3 +343,41 @@ def test_api_key_only_from_the_named_environment_variable(monkeypatch: Any) -> N
 def test_bad_openai_settings_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f"backend.openai.{key}"):
         build_config({"backend": {"kind": "openai", "openai": {key: value}}})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_command_starts_waits_and_stops_the_server(tmp_path: Any) -> None:
+    import shlex
+    import sys
+
+    from lance_llm.backends.openai_compat import ManagedServer
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "models").write_text("{}")  # what GET {base_url}/models finds
+    port = _free_port()
+    # {model} is replaced by the (quoted) checkpoint directory: here the folder a static server serves
+    command = f"{shlex.quote(sys.executable)} -m http.server {port} --bind 127.0.0.1 --directory {{model}}"
+    server = ManagedServer(command, tmp_path / "ckpt", f"http://127.0.0.1:{port}", wait_s=30)
+    assert server.proc.poll() is None
+    server.stop()
+    assert server.proc.poll() is not None
+    server.stop()  # idempotent
+
+
+def test_serve_command_that_exits_or_never_answers_fails_clearly(tmp_path: Any) -> None:
+    import sys
+
+    from lance_llm.backends.openai_compat import ManagedServer
+
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        ManagedServer(f"{sys.executable} -c 'import sys; sys.exit(3)'", tmp_path, "http://127.0.0.1:9/v1", wait_s=30)
+    with pytest.raises(RuntimeError, match="no answer at"):
+        ManagedServer(f"{sys.executable} -c 'import time; time.sleep(60)'", tmp_path,
+                      f"http://127.0.0.1:{_free_port()}/v1", wait_s=1)
