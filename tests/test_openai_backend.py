@@ -154,6 +154,7 @@ def test_generate_sends_sampling_and_fills_n_from_single_choice_server(serve: An
     assert [s["n"] for s in sent] == [3, 2, 1]
     assert sent[0]["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert (sent[0]["temperature"], sent[0]["top_p"], sent[0]["max_tokens"], sent[0]["model"]) == (0.7, 0.9, 33, "m")
+    assert (sent[0]["top_k"], sent[0]["min_p"], sent[0]["repeat_penalty"]) == (0, 0.0, 1.0)  # plain_sampling
     assert b.tokens == {"prompt": 15, "generated": 9}
 
 
@@ -163,6 +164,9 @@ def test_generate_takes_all_n_choices_when_the_server_returns_them(serve: Any) -
     greedy = GenerateRequest((("user", "q"),), Sampling(temperature=0.0, top_p=0.9, max_new_tokens=8, n=2))
     assert b.generate([greedy, greedy]) == [["s0", "s1"], ["s0", "s1"]]
     assert all(s["temperature"] == 0.0 and s["top_p"] == 1.0 for s in srv.posts("/chat/completions"))
+    strict = make(srv.url, plain_sampling=False)  # for APIs that refuse parameters they do not know
+    strict.generate([greedy])
+    assert "top_k" not in srv.posts("/chat/completions")[-1]
 
 
 def test_retries_429_and_5xx_then_succeeds(serve: Any) -> None:

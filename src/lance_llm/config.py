@@ -81,6 +81,9 @@ class OpenAIBackendConfig:
     timeout_s: float = 120.0  # per HTTP request
     max_retries: int = 5  # on 429/5xx/connection errors, exponential backoff (the openai client's)
     score_method: Literal["auto", "echo", "top_logprobs"] = "auto"
+    # send top_k=0, min_p=0, repeat_penalty=1 (server extensions) so only temperature/top_p sample,
+    # as in-process; false for APIs that refuse unknown parameters (OpenAI's own)
+    plain_sampling: bool = True
     top_logprobs: int = 20  # k for score_method=top_logprobs
     # Optional: a command that serves the current checkpoint, `{model}` = its directory; started
     # before each iteration's LLM stages and stopped before training (e.g. "vllm serve {model}").

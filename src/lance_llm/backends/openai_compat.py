@@ -9,8 +9,9 @@ errors with exponential backoff (`max_retries`) and enforces `timeout_s`; we add
 capped at `concurrency` requests in flight.
 
 generate: one /v1/chat/completions call per request (the server renders its chat template) with
-`n`, temperature, top_p, max_tokens and seed. A server that returns fewer than `n` choices (the
-llama-cpp-python server returns one) is asked again for the rest with seeds seed+1, seed+2, ...
+`n`, temperature, top_p, max_tokens and seed, and (plain_sampling) the server's extra samplers
+off. A server that returns fewer than `n` choices (the llama-cpp-python server returns one) is
+asked again for the rest with seeds seed+1, seed+2, ...
 
 score: log P(continuation | chat + assistant prefix). Chat completions cannot start the assistant
 reply with a given prefix on every server, so scoring uses /v1/completions on the prompt rendered
@@ -51,6 +52,14 @@ log = logging.getLogger(__name__)
 
 class ScoringUnsupportedError(RuntimeError):
     """The server cannot return the log-probabilities `score` needs."""
+
+
+# Sampler settings beyond the OpenAI API, switched off so that temperature and top-p alone shape
+# sampling, as in the in-process backend: llama-cpp-python's server otherwise applies top_k=40,
+# min_p=0.05 and repeat_penalty=1.1 (the last even to greedy decoding); vLLM names the penalty
+# repetition_penalty. Servers ignore the names they do not know; OpenAI's own API refuses them
+# (set backend.openai.plain_sampling=false there).
+PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0}
 
 
 def remote_fingerprint(model: str, base_url: str, revision: str = "") -> str:
@@ -146,6 +155,7 @@ class OpenAIBackend(Backend):
             resp = self.client.chat.completions.create(
                 model=self.model, messages=messages, n=s.n - len(out), temperature=s.temperature,
                 top_p=s.top_p if s.temperature > 0 else 1.0, max_tokens=s.max_new_tokens, seed=s.seed + len(out),
+                extra_body=PLAIN_SAMPLING if self.cfg.plain_sampling else None,
             )
             self._count(resp.usage)
             if not resp.choices:
