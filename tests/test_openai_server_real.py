@@ -153,7 +153,7 @@ def test_score_logprobs_are_close_including_two_token_ten(server: Any, in_proces
     print(f"\nlog P(score token) server vs in-process: max |diff| {worst:.3f} nats; "
           f"'10': {remote[10]:.3f} vs {local[10]:.3f}")
     assert all(math.isfinite(x) for x in remote)
-    assert worst < 0.3
+    assert worst < 0.5  # an off-by-one token alignment or another template costs several nats
     assert abs(expected_score(remote) - expected_score(local)) < SCORE_TOL
 
 
