@@ -219,7 +219,7 @@ def test_concurrency_is_capped(serve: Any) -> None:
 
 
 def test_score_with_echo_sums_the_continuation_tokens(serve: Any) -> None:
-    srv = serve(echo_server)
+    srv = serve(echo_server)  # answers echo only: auto falls back to it
     b = make(srv.url)
     req = ScoreRequest((("user", "rate it"),), "score: ", ("7", "10"))
     [[seven, ten]] = b.score([req])
@@ -294,6 +294,7 @@ def test_score_falls_back_to_top_logprobs_walk(serve: Any) -> None:
     walk_calls = [s for s in srv.posts("/completions") if not s.get("echo")]
     # the probe's walk (1 call), then one call per distinct step: after "score: " and "score: 1"
     assert len(walk_calls) == 3
+    assert not [s for s in srv.posts("/completions") if s.get("echo")]  # top_logprobs is tried first
 
 
 def test_server_that_cannot_score_fails_clearly(serve: Any) -> None:

@@ -121,7 +121,7 @@ def test_greedy_generation_is_deterministic_and_cached(server: Any, in_process: 
     top1 = sum(g == 0.0 for g in gaps) / len(gaps)
     print(f"server tokens that are the in-process argmax: {top1:.3f} of {len(gaps)}; "
           f"largest gap to the argmax: {max(gaps):.3f} nats")
-    assert top1 >= 0.9 and max(gaps) < 1.5
+    assert top1 >= 0.9 and max(gaps) < 2.0  # measured: 0.973 of 111 tokens, largest gap 1.32 nats
 
 
 def test_judge_scores_agree_with_in_process(server: Any, in_process: Any) -> None:
@@ -148,7 +148,10 @@ def test_score_logprobs_are_close_including_two_token_ten(server: Any, in_proces
                        SCORE_TOKENS)
     [remote] = server.score([req])
     [local] = in_process.score([req])
-    assert server._method == "echo"  # llama-cpp-python returns prompt log-probabilities
+    assert server._method == "top_logprobs"  # auto's first choice; all 11 digits are in the top 20
+    # the exact method agrees: P("1") * P("0" | "score: 1") from the echoed prompt log-probabilities
+    base = server.render(req.messages) + SCORE_PREFIX
+    assert server._echo_logprob(base, "10") == pytest.approx(remote[10], abs=1e-3)
     worst = max(abs(a - b) for a, b in zip(remote, local, strict=True))
     print(f"\nlog P(score token) server vs in-process: max |diff| {worst:.3f} nats; "
           f"'10': {remote[10]:.3f} vs {local[10]:.3f}")

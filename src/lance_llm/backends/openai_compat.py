@@ -24,19 +24,25 @@ locally with the model's own chat template (from `tokenizer_path`, the run's che
   the continuation token by token (longest matching token first), one call per distinct step
   ("10" costs a second call after "1"). A continuation token outside the top k counts as
   probability 0 (log-prob -inf): exact for every continuation inside the top k.
-- `auto` (default) tries echo, then top_logprobs, and raises ScoringUnsupportedError naming both
+- `auto` (default) tries top_logprobs, then echo, and raises ScoringUnsupportedError naming both
   failures when the server can do neither (OpenAI's own API for chat models: use
-  review.mode=sampled there).
+  review.mode=sampled there). top_logprobs first because it is far cheaper: the judge needs 2
+  calls per pair instead of 11, and llama-cpp-python spends seconds per echo call (it sorts the
+  whole vocabulary in Python for every prompt token). On the embedded model all 11 score tokens
+  are inside the top 20, and both methods give the same numbers (the server test checks it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
 import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -68,6 +74,12 @@ def remote_fingerprint(model: str, base_url: str, revision: str = "") -> str:
     return f"openai:{model}@{base_url.rstrip('/')}" + (f"#{revision}" if revision else "")
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before exec: SIGTERM it when lance dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class ManagedServer:
     """A server process started by `backend.openai.serve_command` and stopped by `stop()`.
 
@@ -79,7 +91,8 @@ class ManagedServer:
     def __init__(self, command: str, model_path: str | Path, base_url: str, wait_s: float) -> None:
         argv = shlex.split(command.replace("{model}", shlex.quote(str(model_path))))
         log.info("starting server: %s", " ".join(argv))
-        self.proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         deadline = time.monotonic() + wait_s
         url = base_url.rstrip("/") + "/models"
         while True:
@@ -198,8 +211,8 @@ class OpenAIBackend(Backend):
         import openai
 
         errors = []
-        for method, fn in (("echo", lambda: self._echo_logprob(base, cont)),
-                           ("top_logprobs", lambda: self._walk_logprob(base, cont, {}))):
+        for method, fn in (("top_logprobs", lambda: self._walk_logprob(base, cont, {})),
+                           ("echo", lambda: self._echo_logprob(base, cont))):
             try:
                 fn()
                 log.info("%s: scoring with %s", self.cfg.base_url, method)
