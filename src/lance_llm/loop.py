@@ -70,18 +70,52 @@ def train_params(train: TrainConfig) -> str:
 
 
 def make_backend(cfg: Config, model_path: Path, fingerprint: str) -> Backend:
-    """The inference backend named by `backend.kind` (only `hf` so far), fanned out over Ray
-    actors (each building this same backend) when `backend.distributed` is `ray`."""
+    """The inference backend named by `backend.kind`: hf (in-process), openai (a server), vllm;
+    fanned out over Ray actors (each building this same backend) when `backend.distributed` is `ray`."""
     if cfg.backend.distributed == "ray":
         from .backends.ray_backend import RayBackend
 
         return RayBackend(cfg.to_dict(), model_path, fingerprint, num_actors=cfg.backend.num_actors,
                           shard_size=cfg.backend.batch_size * 2, address=cfg.backend.ray_address,
                           actor_num_cpus=cfg.backend.actor_num_cpus, actor_num_gpus=cfg.backend.actor_num_gpus)
+    if cfg.backend.kind == "openai":
+        from .backends.openai_compat import ManagedServer, OpenAIBackend
+
+        oc = cfg.backend.openai
+        if not oc.serve_command:
+            log.warning("backend.openai: the server at %s keeps serving its own weights; this run trains %s, "
+                        "which that server never sees (set backend.openai.serve_command, see README)",
+                        oc.base_url, model_path)
+        server = ManagedServer(oc.serve_command, model_path, oc.base_url, oc.serve_wait_s) if oc.serve_command else None
+        try:  # the checkpoint gives the chat template that scoring renders locally
+            return OpenAIBackend(oc, fingerprint, tokenizer_path=model_path, server=server)
+        except BaseException:
+            if server is not None:
+                server.stop()
+            raise
+    if cfg.backend.kind == "vllm":
+        from .backends.vllm import VLLMBackend
+
+        return VLLMBackend(model_path, fingerprint, cfg.backend.vllm, dtype=cfg.model.dtype,
+                           trust_remote_code=cfg.model.trust_remote_code)
     from .backends.hf import HFBackend
 
     return HFBackend(model_path, fingerprint, batch_size=cfg.backend.batch_size, dtype=cfg.model.dtype,
                      threads=cfg.backend.threads, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def backend_fingerprint(cfg: Config, model_path: Path) -> str:
+    """Cache identity of the model that answers: the local checkpoint's hash, except for a server we
+    do not start ourselves, whose weights we cannot see (name + address + backend.openai.revision)."""
+    oc = cfg.backend.openai
+    if cfg.backend.kind == "openai" and not oc.serve_command:
+        from .backends.openai_compat import remote_fingerprint
+
+        return remote_fingerprint(oc.served_model or "default", oc.base_url, oc.revision)
+    fp = models.fingerprint(model_path)
+    if cfg.backend.kind == "openai":  # served from this checkpoint, perhaps converted: other numerics
+        return f"served:{fp}" + (f"#{oc.revision}" if oc.revision else "")
+    return f"vllm:{fp}" if cfg.backend.kind == "vllm" else fp
 
 
 class Runner:
@@ -122,13 +156,13 @@ class Runner:
                     p.unlink(missing_ok=True)
 
     def backend(self, model_path: Path, label: str) -> CachedBackend:
-        fp = models.fingerprint(model_path)
         chunk = self.cfg.backend.batch_size * 2
         if self.cfg.backend.distributed == "ray":
             # whole multiples of the single-process chunk: Ray's shards are those chunks (same records)
             from .backends.ray_backend import SHARDS_PER_ACTOR
 
             chunk *= self.cfg.backend.num_actors * SHARDS_PER_ACTOR
+        fp = backend_fingerprint(self.cfg, model_path)
         b = CachedBackend(lambda: make_backend(self.cfg, model_path, fp), fp, self.rd.root / "cache.sqlite",
                           chunk_size=chunk)
         b.label = label
@@ -199,7 +233,7 @@ class Runner:
     def iteration(self, t: int, model_path: Path) -> tuple[Path, dict[str, Any]]:
         cfg, rd = self.cfg, self.rd
         prev_seed = rd.path(0, "seed.jsonl") if t == 1 else rd.path(t - 1, "next_seed.jsonl")
-        fp = models.fingerprint(model_path)
+        fp = backend_fingerprint(cfg, model_path)
         backend = self.backend(model_path, f"iter {t}")
         stats: dict[str, dict[str, Any]] = {}
         P = {"model": fp}  # noqa: N806 - parameters every LLM stage depends on

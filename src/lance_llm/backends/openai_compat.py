@@ -1,0 +1,288 @@
+"""Backend for any OpenAI-compatible server (llama.cpp's llama-cpp-python server, vLLM, TGI, ...).
+
+    backend = OpenAIBackend(OpenAIBackendConfig(base_url="http://127.0.0.1:8000/v1"),
+                            fingerprint="openai:...", tokenizer_path="/path/to/checkpoint")
+    backend.generate([GenerateRequest(messages=(("user", "Hi"),), sampling=Sampling(n=2))])
+
+A thin wrapper over the `openai` client, which already retries 429, 408, 409, 5xx and connection
+errors with exponential backoff (`max_retries`) and enforces `timeout_s`; we add a thread pool
+capped at `concurrency` requests in flight.
+
+generate: one /v1/chat/completions call per request (the server renders its chat template) with
+`n`, temperature, top_p, max_tokens and seed, and (plain_sampling) the server's extra samplers
+off. A server that returns fewer than `n` choices (the llama-cpp-python server returns one) is
+asked again for the rest with seeds seed+1, seed+2, ...
+
+score: log P(continuation | chat + assistant prefix). Chat completions cannot start the assistant
+reply with a given prefix on every server, so scoring uses /v1/completions on the prompt rendered
+locally with the model's own chat template (from `tokenizer_path`, the run's checkpoint):
+- `echo`: one call per continuation with `echo=true, logprobs=1` returns the log-probability of
+  every prompt token; the continuation's log-probability is the sum over the last prompt tokens
+  that spell it (the first may reach into the prefix, as the in-process backend counts it).
+  Exact. llama-cpp-python and vLLM servers support it.
+- `top_logprobs`: for servers without echo: ask for the top-k next tokens after the prefix and walk
+  the continuation token by token (longest matching token first), one call per distinct step
+  ("10" costs a second call after "1"). A continuation token outside the top k counts as
+  probability 0 (log-prob -inf): exact for every continuation inside the top k.
+- `auto` (default) tries top_logprobs, then echo, and raises ScoringUnsupportedError naming both
+  failures when the server can do neither (OpenAI's own API for chat models: use
+  review.mode=sampled there). top_logprobs first because it is far cheaper: the judge needs 2
+  calls per pair instead of 11, and llama-cpp-python spends seconds per echo call (it sorts the
+  whole vocabulary in Python for every prompt token). On the embedded model all 11 score tokens
+  are inside the top 20, and both methods give the same numbers (the server test checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .base import Backend, GenerateRequest, Message, ScoreRequest
+
+log = logging.getLogger(__name__)
+
+
+class ScoringUnsupportedError(RuntimeError):
+    """The server cannot return the log-probabilities `score` needs."""
+
+
+# Sampler settings beyond the OpenAI API, switched off so that temperature and top-p alone shape
+# sampling, as in the in-process backend: llama-cpp-python's server otherwise applies top_k=40,
+# min_p=0.05 and repeat_penalty=1.1 (the last even to greedy decoding); vLLM names the penalty
+# repetition_penalty. Servers ignore the names they do not know; OpenAI's own API refuses them
+# (set backend.openai.plain_sampling=false there).
+PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0}
+
+
+def remote_fingerprint(model: str, base_url: str, revision: str = "") -> str:
+    """Cache identity of a model behind a server we do not control: its name, address and a
+    user-given revision (bump it whenever the server starts serving other weights)."""
+    return f"openai:{model}@{base_url.rstrip('/')}" + (f"#{revision}" if revision else "")
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec: SIGTERM it when lance dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+class ManagedServer:
+    """A server process started by `backend.openai.serve_command` and stopped by `stop()`.
+
+    `{model}` in the command is replaced by the checkpoint directory the loop is at, so each
+    iteration serves its freshly trained weights, and the server (and its GPU memory) is gone
+    while the next model trains. The command runs in its own process group; stop() ends the group.
+    """
+
+    def __init__(self, command: str, model_path: str | Path, base_url: str, wait_s: float) -> None:
+        argv = shlex.split(command.replace("{model}", shlex.quote(str(model_path))))
+        log.info("starting server: %s", " ".join(argv))
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        deadline = time.monotonic() + wait_s
+        url = base_url.rstrip("/") + "/models"
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"backend.openai.serve_command exited with status {self.proc.returncode}: {command}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"backend.openai.serve_command: no answer at {url} after {wait_s:.0f} s: {command}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class OpenAIBackend(Backend):
+    def __init__(self, cfg: Any, fingerprint: str, tokenizer_path: str | Path | None = None,
+                 server: ManagedServer | None = None) -> None:
+        from openai import OpenAI  # the client is an optional dependency: lance-llm[openai]
+
+        self.server = server
+        self.cfg = cfg
+        self.fingerprint = fingerprint
+        self.tokens = {"prompt": 0, "generated": 0}
+        self._lock = threading.Lock()
+        key = "not-needed"  # local servers accept any key; the client refuses to start without one
+        if cfg.key_env:
+            key = os.environ.get(cfg.key_env, "")
+            if not key:
+                raise ValueError(f"backend.openai.key_env: environment variable {cfg.key_env} is not set")
+        self.client = OpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout_s, max_retries=cfg.max_retries)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="openai")
+        self.model = cfg.served_model or self._first_model()
+        self._tokenizer_path = tokenizer_path
+        self._tok: Any = None
+        self._method: str | None = None if cfg.score_method == "auto" else cfg.score_method
+
+    def _first_model(self) -> str:
+        models = self.client.models.list().data
+        if not models:
+            raise RuntimeError(f"{self.cfg.base_url}: the server lists no model; set backend.openai.served_model")
+        return models[0].id
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return list(self.pool.map(fn, items))
+
+    def _count(self, usage: Any) -> None:
+        if usage is not None:
+            with self._lock:  # called from the worker threads
+                self.tokens["prompt"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+                self.tokens["generated"] += int(getattr(usage, "completion_tokens", 0) or 0)
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        return self._map(self._generate_one, requests)
+
+    def _generate_one(self, req: GenerateRequest) -> list[str]:
+        s = req.sampling
+        messages = [{"role": r, "content": c} for r, c in req.messages]
+        out: list[str] = []
+        while len(out) < s.n:
+            resp = self.client.chat.completions.create(
+                model=self.model, messages=messages, n=s.n - len(out), temperature=s.temperature,
+                top_p=s.top_p if s.temperature > 0 else 1.0, max_tokens=s.max_new_tokens, seed=s.seed + len(out),
+                extra_body=PLAIN_SAMPLING if self.cfg.plain_sampling else None,
+            )
+            self._count(resp.usage)
+            if not resp.choices:
+                raise RuntimeError(f"{self.cfg.base_url}: chat completion returned no choices")
+            out.extend((c.message.content or "").strip() for c in resp.choices)
+        return out[: s.n]
+
+    # -- scoring ---------------------------------------------------------------------------
+    @property
+    def tok(self) -> Any:
+        if self._tok is None:
+            if self._tokenizer_path is None:
+                raise ScoringUnsupportedError("scoring renders the chat template locally: give a tokenizer path")
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(str(self._tokenizer_path))
+        return self._tok
+
+    def render(self, messages: Sequence[Message]) -> str:
+        chat = [{"role": r, "content": c} for r, c in messages]
+        return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        jobs = [(self.render(r.messages) + r.prefix, c) for r in requests for c in r.continuations]
+        if jobs and self._method is None:
+            self._method = self._probe(*jobs[0])
+        if self._method == "echo":
+            flat = self._map(lambda job: self._echo_logprob(*job), jobs)
+        else:
+            memo: dict[str, dict[str, float]] = {}
+            flat = [self._walk_logprob(base, cont, memo) for base, cont in jobs]
+        out, i = [], 0
+        for r in requests:
+            out.append(flat[i : i + len(r.continuations)])
+            i += len(r.continuations)
+        return out
+
+    def _probe(self, base: str, cont: str) -> str:
+        """Pick the scoring method the server supports (once per backend)."""
+        import openai
+
+        errors = []
+        for method, fn in (("top_logprobs", lambda: self._walk_logprob(base, cont, {})),
+                           ("echo", lambda: self._echo_logprob(base, cont))):
+            try:
+                fn()
+                log.info("%s: scoring with %s", self.cfg.base_url, method)
+                return method
+            except openai.APIStatusError as e:
+                if e.status_code >= 500 or e.status_code in (401, 403, 429):
+                    raise  # a server or account problem, not a missing feature: say so as it is
+                errors.append(f"{method}: {type(e).__name__}: {e}")
+            except (ScoringUnsupportedError, AttributeError, TypeError, IndexError, KeyError) as e:
+                errors.append(f"{method}: {type(e).__name__}: {e}")  # answered, but not what scoring needs
+        raise ScoringUnsupportedError(
+            f"{self.cfg.base_url} cannot score continuations ({'; '.join(errors)}). Scoring needs /v1/completions "
+            "with logprobs (llama-cpp-python and vLLM servers have it); use review.mode=sampled with this server."
+        )
+
+    def _echo_logprob(self, base: str, cont: str) -> float:
+        # max_tokens=1: some servers read 0 as "no limit"; the generated token is dropped below
+        resp = self.client.completions.create(model=self.model, prompt=base + cont, max_tokens=1, temperature=0.0,
+                                              echo=True, logprobs=1)
+        self._count(resp.usage)
+        lp = resp.choices[0].logprobs
+        if lp is None or not lp.tokens or lp.token_logprobs is None:
+            raise ScoringUnsupportedError("the server returned no prompt log-probabilities for echo=true")
+        # The echoed list is the prompt's tokens, then the generated ones (usage says how many; an
+        # end-of-sequence token may not be listed). Text offsets are not used: llama-cpp-python
+        # counts them in text without special tokens. Instead walk back from the end of the prompt
+        # until the tokens cover the continuation; the first of them may reach into the prefix,
+        # the same rule as the in-process backend (first token that differs from the prefix's).
+        generated = int(getattr(resp.usage, "completion_tokens", 1) or 0) if resp.usage is not None else 1
+        tokens = list(lp.tokens[: len(lp.tokens) - generated])
+        values = list(lp.token_logprobs[: len(tokens)])
+        total, text, i = 0.0, "", len(tokens)
+        while len(text) < len(cont) and i > 1:
+            i -= 1
+            if values[i] is None:
+                raise ScoringUnsupportedError(f"no log-probability for prompt token {tokens[i]!r}")
+            text = tokens[i] + text
+            total += values[i]
+        if not text.endswith(cont):
+            raise ScoringUnsupportedError(f"the echoed prompt does not end with the continuation {cont!r} "
+                                          f"(last tokens {tokens[-4:]!r})")
+        return total
+
+    def _next_tokens(self, prompt: str, memo: dict[str, dict[str, float]]) -> dict[str, float]:
+        if prompt not in memo:
+            resp = self.client.completions.create(model=self.model, prompt=prompt, max_tokens=1, temperature=0.0,
+                                                  logprobs=self.cfg.top_logprobs)
+            self._count(resp.usage)
+            lp = resp.choices[0].logprobs
+            if lp is None or not lp.top_logprobs or not lp.top_logprobs[0]:
+                raise ScoringUnsupportedError("the server returned no top log-probabilities")
+            memo[prompt] = dict(lp.top_logprobs[0])
+        return memo[prompt]
+
+    def _walk_logprob(self, base: str, cont: str, memo: dict[str, dict[str, float]]) -> float:
+        total, done = 0.0, ""
+        while done != cont:
+            top = self._next_tokens(base + done, memo)
+            rest = cont[len(done) :]
+            fits = [t for t in top if t and rest.startswith(t)]
+            if not fits:
+                return -math.inf  # below the server's top k
+            best = max(fits, key=len)
+            total += top[best]
+            done += best
+        return total
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.client.close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
