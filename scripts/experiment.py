@@ -89,14 +89,12 @@ def section(config: str, args: argparse.Namespace, log: Path) -> str:
     eval_cmd = [*lance, "eval", str(cfg["run_dir"]), "--ifeval-limit", str(args.ifeval_limit),
                 "--mc-limit", str(args.mc_limit)]
     judge_cmd = [*lance, "judge", str(cfg["run_dir"]), "--split", "test", "--limit", str(args.judge_limit)]
-    times = {"lance run": step(run_cmd, log), "lance eval": step(eval_cmd, log)}
-    if not args.no_judge:
-        times["lance judge"] = step(judge_cmd, log)
-    parts = [f"## {cfg['model']['source']} (`{config}`)", "",
-             "Commands (each resumes; the times are of this invocation, 0 s when already done):", "",
-             *[f"- `{shlex.join(c[2:] if c[0] == sys.executable else c)}`: {times[k]:.0f} s"
-               for k, c in (("lance run", run_cmd), ("lance eval", eval_cmd), ("lance judge", judge_cmd))
-               if k in times], ""]
+    cmds = {"lance run": run_cmd, "lance eval": eval_cmd, **({} if args.no_judge else {"lance judge": judge_cmd})}
+    times = {} if args.report_only else {k: step(c, log) for k, c in cmds.items()}
+    shown = "; the times are of this invocation, ~0 s when already done" if times else ""
+    parts = [f"## {cfg['model']['source']} (`{config}`)", "", f"Commands (each resumes{shown}):", "",
+             *[f"- `lance {shlex.join(c[3:])}`" + (f": {times[k]:.0f} s" if k in times else "")
+               for k, c in cmds.items()], ""]
     secs = stage_seconds(run_dir)
     if secs:
         parts += ["Compute time per stage (summed over iterations, from the stage manifests): "
@@ -117,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mc-limit", type=int, default=30, help="items per multiple-choice benchmark")
     p.add_argument("--judge-limit", type=int, default=0, help="judge pairs per checkpoint (0 = the whole test split)")
     p.add_argument("--no-judge", action="store_true", help="skip the judge-reliability step")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the Markdown from what the runs and evaluations left on disk")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "experiment.md")
     args = p.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
