@@ -9,6 +9,11 @@ Two modes (config `review.mode`):
 - `expected`: force the reply to begin with `score: ` and read the probability of each
   continuation "0".."10" (the two-token "10" included) in one forward pass; the score is the
   expected value. It cannot fail to parse and costs a fraction of one sampled review.
+- `criteria` [ours]: the additive rubric asked one criterion at a time (prompts/criteria.txt:
+  five about the question, shown alone, five about the response), each read as P(Yes) /
+  (P(Yes) + P(No)) in one forward pass; the score is their sum, 0-10 like the rubric's. The
+  question-only prompts are identical for every response to one instruction, so the backend
+  scores them once; the ten prompts share their opening, which HFBackend runs once.
 
     reviewed, stats = review(samples, backend, cfg.review, system_prompt, seed=0)
 """
@@ -51,6 +56,33 @@ def parse_score(text: str) -> float | None:
 
 def review_prompt(instruction: str, response: str) -> str:
     return render(load("review"), instruction=instruction, response=response)
+
+
+CRITERION_ANSWERS = ("Yes", "No")
+
+
+def criteria() -> list[str]:
+    """The rubric's ten criteria as yes/no questions; the first five are about the question."""
+    lines = [x.strip() for x in load("criteria").splitlines() if x.strip()]
+    if len(lines) != 10:
+        raise ValueError(f"prompts/criteria.txt must hold 10 criteria, one per line, not {len(lines)}")
+    return lines
+
+
+def criteria_prompts(instruction: str, response: str) -> list[str]:
+    qs = criteria()
+    return ([render(load("criterion_question"), instruction=instruction, criterion=c) for c in qs[:5]]
+            + [render(load("criterion_response"), instruction=instruction, response=response, criterion=c)
+               for c in qs[5:]])
+
+
+def yes_probability(logprobs: Sequence[float]) -> float:
+    """P(Yes) / (P(Yes) + P(No)); NaN when neither answer has any probability."""
+    yes, no = logprobs
+    top = max(yes, no)
+    if not math.isfinite(top):
+        return math.nan
+    return 1 / (1 + math.exp(no - yes)) if no - yes < 700 else 0.0
 
 
 def expected_score(logprobs: Sequence[float]) -> float:
@@ -122,6 +154,18 @@ def review(
                 reviews.append(Review(mode="expected", score=round(value, 4), samples=[round(value, 4)]))
             else:
                 reviews.append(Review(mode="expected", score=None, samples=[None], parse_failures=1))
+    elif cfg.mode == "criteria":
+        per = [criteria_prompts(s.instruction, s.response) for s in samples]
+        flat = [ScoreRequest((("system", system), ("user", u)), "", CRITERION_ANSWERS) for us in per for u in us]
+        out = backend.score(flat)
+        reviews = []
+        for k in range(len(samples)):
+            probs = [yes_probability(lp) for lp in out[10 * k : 10 * k + 10]]
+            if all(math.isfinite(p) for p in probs):
+                total = round(sum(probs), 4)
+                reviews.append(Review(mode="criteria", score=total, samples=[round(p, 4) for p in probs]))
+            else:
+                reviews.append(Review(mode="criteria", score=None, samples=[None], parse_failures=1))
     else:
         sp = cfg.sampling
         reqs = [
