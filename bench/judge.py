@@ -36,7 +36,8 @@ KINDS = ("truncated", "other_task", "shuffled", "contradicted", "irrelevant")
 
 
 def measure(model: str, modes: list[str], split: str, limit: int | None, sampled_limit: int,
-            samples: int, max_new: int) -> dict:
+            samples: int, max_new: int, save=lambda entry: None) -> dict:
+    """One model, every mode; `save(entry)` after each mode, so a timeout keeps what was done."""
     from lance_llm import models
     from lance_llm.loop import make_backend
     from lance_llm.prompts import load
@@ -59,12 +60,20 @@ def measure(model: str, modes: list[str], split: str, limit: int | None, sampled
         r = results[mode]
         print(f"  accuracy {r['accuracy']} ci {r['ci95']} parse failures {r['parse_failures']} "
               f"s/pair {r['seconds_per_pair']}", file=sys.stderr, flush=True)
+        save(_entry(model, resolved.fingerprint, split, chosen, modes, sampled_limit, samples, max_new,
+                    backend, cfg, load_s, summary, results))
+    return _entry(model, resolved.fingerprint, split, chosen, modes, sampled_limit, samples, max_new,
+                  backend, cfg, load_s, summary, results)
+
+
+def _entry(model, fingerprint, split, chosen, modes, sampled_limit, samples, max_new, backend, cfg, load_s,
+           summary, results) -> dict:
     base = results.get("sampled", {}).get("seconds_per_pair")
     for r in results.values():
         r["cost_vs_sampled"] = round(r["seconds_per_pair"] / base, 4) if base else None
     agree = {f"{a} vs {b}": agreement(results[a]["outcomes"], results[b]["outcomes"])
              for a, b in combinations(results, 2)}
-    return {"model": model, "fingerprint": resolved.fingerprint, "split": split, "pairs": len(chosen),
+    return {"model": model, "fingerprint": fingerprint, "split": split, "pairs": len(chosen),
             "sampled_pairs": min(sampled_limit, len(chosen)) if "sampled" in modes else 0,
             "sampled_settings": {"samples": samples, "max_new_tokens": max_new},
             "dtype": str(getattr(backend, "dtype", "")), "batch_size": cfg.backend.batch_size,
@@ -82,7 +91,8 @@ def table(doc: dict) -> str:
             cost = r.get("cost_vs_sampled")
             row = [entry["model"], mode, str(r["pairs"]), _f(r["accuracy"]),
                    f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-", f"{100 * r['parse_failure_rate']:.0f}%",
-                   f"{r['seconds_per_pair']:.3f}", "-" if cost is None else f"1/{1 / cost:.0f}" if cost < 1 else "1"]
+                   f"{r['seconds_per_pair']:.3f}",
+                   "-" if cost is None else f"1/{1 / cost:.0f}" if cost < 1 else f"{cost:.1f}x"]
             row += [_f(r["per_kind"].get(k, {}).get("accuracy")) for k in KINDS]
             lines.append("| " + " | ".join(row) + " |")
     agree = [f"- {e['model']}, {k}: {v['agreement']} on {v['pairs']} pairs"
@@ -109,10 +119,12 @@ def main() -> int:
     args = ap.parse_args()
     doc = json.loads(args.out.read_text()) if args.out.exists() else {}
     for model in args.model:
-        entry = measure(model, args.modes.split(","), args.split, args.limit, args.sampled_limit,
-                        args.samples, args.max_new)
-        doc[f"{model}/{args.split}"] = entry
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        def save(entry: dict, key: str = f"{model}/{args.split}") -> None:
+            doc[key] = entry
+            args.out.write_text(json.dumps(doc, indent=1) + "\n")
+
+        save(measure(model, args.modes.split(","), args.split, args.limit, args.sampled_limit,
+                     args.samples, args.max_new, save))
     md = table(doc)
     args.out.with_suffix(".md").write_text(md)
     print(md)
