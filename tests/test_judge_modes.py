@@ -90,3 +90,21 @@ def test_prefix_plan() -> None:
     # a prefix never covers a position whose logits are needed
     shared, _ = _prefix_plan([[*head, 1], [*head, 2]], [35, 40], 32)
     assert shared == 35
+
+
+def test_combined_mode_is_the_mean_of_expected_and_criteria() -> None:
+    class Both(YesNoBackend):
+        def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+            crit = [r for r in requests if r.prefix == ""]
+            if crit:
+                return super().score(crit)
+            # expected mode: all probability on "6" unless the response is broken
+            return [[0.0 if i == 6 else -math.inf for i in range(11)] if "broken" not in r.messages[-1][1]
+                    else [-math.inf] * 11 for r in requests]
+
+    samples = [Sample("a", "Q?", "a good answer"), Sample("c", "Q?", "broken")]
+    out, stats = review(samples, Both(), ReviewConfig(mode="combined"), "sys", seed=0)
+    a, c = (s.review for s in out)
+    assert a.mode == "combined" and math.isclose(a.score, (6 + 5 * 0.2 + 5 * 0.9) / 2)
+    assert a.samples == [6.0, 5.5]
+    assert c.score is None and c.parse_failures == 1 and stats.unscored == 1

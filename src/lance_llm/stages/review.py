@@ -14,6 +14,8 @@ Two modes (config `review.mode`):
   (P(Yes) + P(No)) in one forward pass; the score is their sum, 0-10 like the rubric's. The
   question-only prompts are identical for every response to one instruction, so the backend
   scores them once; the ten prompts share their opening, which HFBackend runs once.
+- `combined` [ours]: the mean of the `expected` and `criteria` scores (both 0-10); unscored when
+  either is. On SmolLM2 the two err on different corruption kinds (BENCHMARKS.md).
 
     reviewed, stats = review(samples, backend, cfg.review, system_prompt, seed=0)
 """
@@ -146,26 +148,15 @@ def review(
     prompts = [((("system", system), ("user", review_prompt(s.instruction, s.response)))) for s in samples]
     reviews: list[Review]
     if cfg.mode == "expected":
-        out = backend.score([ScoreRequest(p, SCORE_PREFIX, SCORE_TOKENS) for p in prompts])
-        reviews = []
-        for lp in out:
-            value = expected_score(lp)
-            if math.isfinite(value):
-                reviews.append(Review(mode="expected", score=round(value, 4), samples=[round(value, 4)]))
-            else:
-                reviews.append(Review(mode="expected", score=None, samples=[None], parse_failures=1))
+        reviews = _expected(samples, backend, prompts)
     elif cfg.mode == "criteria":
-        per = [criteria_prompts(s.instruction, s.response) for s in samples]
-        flat = [ScoreRequest((("system", system), ("user", u)), "", CRITERION_ANSWERS) for us in per for u in us]
-        out = backend.score(flat)
+        reviews = _criteria(samples, backend, system)
+    elif cfg.mode == "combined":
         reviews = []
-        for k in range(len(samples)):
-            probs = [yes_probability(lp) for lp in out[10 * k : 10 * k + 10]]
-            if all(math.isfinite(p) for p in probs):
-                total = round(sum(probs), 4)
-                reviews.append(Review(mode="criteria", score=total, samples=[round(p, 4) for p in probs]))
-            else:
-                reviews.append(Review(mode="criteria", score=None, samples=[None], parse_failures=1))
+        for e, c in zip(_expected(samples, backend, prompts), _criteria(samples, backend, system), strict=True):
+            ok = e.score is not None and c.score is not None
+            reviews.append(Review(mode="combined", score=round((e.score + c.score) / 2, 4) if ok else None,
+                                  samples=[e.score, c.score], parse_failures=0 if ok else 1))
     else:
         sp = cfg.sampling
         reqs = [
@@ -190,3 +181,29 @@ def review(
             stats.scored += 1
         result.append(replace(s, review=r))
     return result, stats
+
+
+def _expected(samples: Sequence[Sample], backend: Backend, prompts: list) -> list[Review]:
+    out = backend.score([ScoreRequest(p, SCORE_PREFIX, SCORE_TOKENS) for p in prompts])
+    reviews = []
+    for lp in out:
+        value = expected_score(lp)
+        if math.isfinite(value):
+            reviews.append(Review(mode="expected", score=round(value, 4), samples=[round(value, 4)]))
+        else:
+            reviews.append(Review(mode="expected", score=None, samples=[None], parse_failures=1))
+    return reviews
+
+
+def _criteria(samples: Sequence[Sample], backend: Backend, system: str) -> list[Review]:
+    per = [criteria_prompts(s.instruction, s.response) for s in samples]
+    flat = [ScoreRequest((("system", system), ("user", u)), "", CRITERION_ANSWERS) for us in per for u in us]
+    out = backend.score(flat)
+    reviews = []
+    for k in range(len(samples)):
+        probs = [yes_probability(lp) for lp in out[10 * k : 10 * k + 10]]
+        if all(math.isfinite(p) for p in probs):
+            reviews.append(Review(mode="criteria", score=round(sum(probs), 4), samples=[round(p, 4) for p in probs]))
+        else:
+            reviews.append(Review(mode="criteria", score=None, samples=[None], parse_failures=1))
+    return reviews
