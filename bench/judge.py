@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from lance_llm.config import Config  # noqa: E402
 from lance_llm.judge.pairs import load_pairs, select  # noqa: E402
-from lance_llm.judge.reliability import agreement, judge_reliability  # noqa: E402
+from lance_llm.judge.reliability import agreement, judge_reliability, metric  # noqa: E402
 
 RESULTS = HERE / "judge_results.json"
 TABLE = HERE / "judge_results.md"
@@ -82,6 +82,33 @@ def _entry(model, fingerprint, split, chosen, modes, sampled_limit, samples, max
             "command": " ".join(sys.argv), "results": results, "agreement": agree}
 
 
+def derive_combined(entry: dict) -> None:
+    """Add `combined` (the mean of the expected and criteria scores of each side of each pair,
+    exactly what review.mode=combined computes) from this run's stored per-pair scores, with the
+    two modes' summed cost, marked `derived`; used when combined was not run itself."""
+    res = entry["results"]
+    if "combined" in res or not {"expected", "criteria"} <= set(res):
+        return
+    by_id = {p.id: p for p in load_pairs()[0]}
+    ids = list(res["expected"]["scores"])
+    pairs = [by_id[i] for i in ids]
+
+    def mean(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((a + b) / 2, 4)
+
+    scores = [tuple(mean(e, c) for e, c in zip(res["expected"]["scores"][i], res["criteria"]["scores"][i],
+                                              strict=True)) for i in ids]
+    r = metric(pairs, scores)
+    r.update(mode="combined", derived=True,
+             seconds_per_pair=round(res["expected"]["seconds_per_pair"] + res["criteria"]["seconds_per_pair"], 4))
+    base = res.get("sampled", {}).get("seconds_per_pair")
+    r["cost_vs_sampled"] = round(r["seconds_per_pair"] / base, 4) if base else None
+    res["combined"] = r
+    for a in ("expected", "criteria", "sampled"):
+        if a in res:
+            entry["agreement"][f"{a} vs combined"] = agreement(res[a]["outcomes"], r["outcomes"])
+
+
 def table(doc: dict) -> str:
     lines = ["| model | mode | pairs | accuracy | 95% CI | parse failures | s/pair | cost vs sampled | "
              + " | ".join(KINDS) + " |", "|" + "---|" * (8 + len(KINDS))]
@@ -89,7 +116,8 @@ def table(doc: dict) -> str:
         for mode, r in entry["results"].items():
             ci = r["ci95"]
             cost = r.get("cost_vs_sampled")
-            row = [entry["model"], mode, str(r["pairs"]), _f(r["accuracy"]),
+            label = mode + (" (derived)" if r.get("derived") else "")
+            row = [entry["model"], label, str(r["pairs"]), _f(r["accuracy"]),
                    f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-", f"{100 * r['parse_failure_rate']:.0f}%",
                    f"{r['seconds_per_pair']:.3f}",
                    "-" if cost is None else f"1/{1 / cost:.0f}" if cost < 1 else f"{cost:.1f}x"]
@@ -116,6 +144,8 @@ def main() -> int:
     ap.add_argument("--max-new", type=int, default=160, help="sampled judge: new tokens per review")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--table", action="store_true", help="only rewrite the Markdown table")
+    ap.add_argument("--derive-combined", action="store_true",
+                    help="add `combined` from stored expected + criteria scores where it was not run")
     args = ap.parse_args()
     doc = json.loads(args.out.read_text()) if args.out.exists() else {}
     for model in args.model:
@@ -125,6 +155,10 @@ def main() -> int:
 
         save(measure(model, args.modes.split(","), args.split, args.limit, args.sampled_limit,
                      args.samples, args.max_new, save))
+    if args.derive_combined:
+        for entry in doc.values():
+            derive_combined(entry)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
     md = table(doc)
     args.out.with_suffix(".md").write_text(md)
     print(md)
