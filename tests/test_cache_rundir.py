@@ -424,3 +424,10 @@ def test_train_params_leave_out_the_launcher_keys_while_training_in_process() ->
     assert "launcher='accelerate'" in launched and "num_processes=2" in launched
     # a result-changing setting still changes what the manifest records
     assert train_params(replace(TrainConfig(), method="lora")) != inproc
+
+
+def test_templates_hash_covers_only_the_templates_a_run_uses() -> None:
+    from lance_llm.prompts import CORE, CRITERIA, HERE, templates_hash
+
+    assert {p.stem for p in HERE.glob("*.txt")} == set(CORE + CRITERIA)  # a new template must be placed
+    assert templates_hash() == templates_hash(CORE) != templates_hash(CORE + CRITERIA)

@@ -298,6 +298,18 @@ def test_diversity_lengths() -> None:
 
 # --------------------------------------------------------------------------------------------
 # the browser renders it
+def test_report_judge_section(run_dir: Path) -> None:
+    assert "was not measured" in sections(write_report(run_dir).read_text(encoding="utf-8"))["judge"]
+    kind = {"accuracy": 0.5}
+    (run_dir / "judge.json").write_text(json.dumps({"model": "m", "split": "test", "results": {
+        "criteria": {"pairs": 10, "accuracy": 0.9, "ci95": [0.6, 0.98], "parse_failure_rate": 0.0,
+                     "seconds_per_pair": 0.25, "per_kind": {"truncated": kind}}}}))
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    table = next(rows for _, rows in Page(text).tables if rows[0][:2] == ["mode", "pairs"])
+    assert table == [["mode", "pairs", "accuracy", "95% CI", "parse failures", "s/pair", "truncated"],
+                     ["criteria", "10", "0.900", "0.600-0.980", "0.000", "0.250", "0.500"]]
+
+
 # --------------------------------------------------------------------------------------------
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

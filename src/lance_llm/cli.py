@@ -3,6 +3,7 @@
     lance run configs/default.yaml --set iterations=1 --set review.mode=sampled
     lance config configs/default.yaml --set generate.threshold=6.5   # print the resolved config
     lance report runs/default [--out FILE]   # write the run's HTML report (default RUN_DIR/report.html)
+    lance judge smollm2-135m --mode expected --split test --limit 60   # judge reliability (JSON + Markdown)
     lance models list | lance models pull qwen2.5-coder-0.5b | lance models resolve PATH_OR_NAME
     lance eval runs/default --limit 100 --ifeval-limit 100   # held-out eval of base, M_0, M_1, ...
     lance export runs/default --format llamafactory|axolotl|hf [--out DIR] [--iteration N] [--push-to-hub REPO]
@@ -85,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--push-to-hub", metavar="REPO", help="with --format hf: upload to this dataset repo "
                        "(needs network, HF_HUB_OFFLINE=0 and HF_TOKEN)")
     p_exp.add_argument("--license", default="other", help="licence id for the dataset card (default: other)")
+    p_judge = sub.add_parser("judge", help="measure the model's own judge on labelled (gold, corrupted) pairs",
+                             description="Score the gold answer of each Self-Instruct seed task against corrupted "
+                             "versions (truncated, another task's, shuffled, contradicted, irrelevant) with the "
+                             "loop's judge; write OUT/judge.json and OUT/judge.md (accuracy + 95% CI, per kind, "
+                             "parse failures, seconds per pair, agreement between modes).")
+    p_judge.add_argument("model", metavar="MODEL_OR_RUN",
+                         help="built-in name, checkpoint dir, .gguf, hub id, or a run dir (its latest model)")
+    _add_config_args(p_judge)
+    p_judge.add_argument("--mode", action="append", dest="modes", metavar="MODE",
+                         help="review mode to measure (repeatable; default: the config's review.mode)")
+    p_judge.add_argument("--split", choices=["dev", "test", "all"], default="test",
+                         help="dev chooses defaults, test is for reported figures (default test)")
+    p_judge.add_argument("--limit", type=int, help="the first N pairs of the split (seeded order)")
+    p_judge.add_argument("--seed-file", help="Self-Instruct seed tasks or seed JSONL (default: "
+                         "../shared/data/self_instruct/seed_tasks.jsonl, else the shipped seed)")
+    p_judge.add_argument("--out", metavar="DIR", help="output dir (default: the run dir, else ./judge_results)")
 
     p_models = sub.add_parser("models", help="list, fetch or resolve models")
     msub = p_models.add_subparsers(dest="models_command", required=True)
@@ -167,6 +184,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .report import write_report
 
         print(write_report(Path(args.run_dir), Path(args.out) if args.out else None))
+        return 0
+    if args.command == "judge":
+        from .judge.run import run_judge
+
+        cfg = _config(args)
+        doc = run_judge(cfg, args.model, args.modes or [cfg.review.mode],
+                        None if args.split == "all" else args.split, args.limit,
+                        Path(args.out) if args.out else None, args.seed_file)
+        print(doc["markdown"], end="")
+        print(f"wrote {doc['out']}/judge.json and judge.md")
         return 0
     from .loop import run
 

@@ -140,7 +140,10 @@ class SamplingConfig:
 
 @dataclass
 class ReviewConfig:
-    mode: Literal["sampled", "expected"] = "sampled"
+    # sampled: the method's free-text reviews; expected: E[score] after a forced `score: `;
+    # criteria [ours]: the ten rubric criteria asked one by one, sum of P(yes); combined [ours]: the
+    # mean of expected and criteria (see stages/review.py)
+    mode: Literal["sampled", "expected", "criteria", "combined"] = "sampled"
     samples: int = 3  # sampled mode: reviews per pair, averaged
     # [ours] how thresholds read scores. raw: the judge's 0-10 score (the method). rank: 10 x the
     # score's percentile among this iteration's reviewed seed, for judges whose scores crowd into a

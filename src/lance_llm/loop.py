@@ -31,7 +31,7 @@ from .backends.base import Backend
 from .backends.cache import CachedBackend
 from .config import Config, ConfigError, TrainConfig
 from .funnel import funnel_markdown, funnel_row
-from .prompts import load, templates_hash
+from .prompts import CORE, CRITERIA, load, templates_hash
 from .records import (
     PreferencePair,
     Sample,
@@ -125,11 +125,12 @@ class Runner:
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
         self.calls = {"hits": 0, "misses": 0}
         self.system = ""
+        self.templates = CORE + (CRITERIA if cfg.review.mode in ("criteria", "combined") else ())
 
     # -- stage plumbing --------------------------------------------------------------------
     def stage(self, t: int, name: str, inputs: dict[str, Path], params: dict[str, Any], outputs: list[str],
               body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        params = {**params, "seed": self.cfg.seed, "system": self.system, "prompts": templates_hash()}
+        params = {**params, "seed": self.cfg.seed, "system": self.system, "prompts": templates_hash(self.templates)}
         done = self.rd.completed(t, name, inputs, params)
         if done is not None:
             self.echo(f"[iter {t}] {name}: done earlier, skipped")

@@ -397,6 +397,26 @@ def evaluation(run: Run) -> str:
     return table + _png(draw, "evaluation scores per iteration", (7.0, 3.2))
 
 
+def judge(run: Run) -> str:
+    """Judge reliability (issue 7): RUN_DIR/judge.json, written by `lance judge RUN_DIR`."""
+    path = run.root / "judge.json"
+    if not path.is_file():
+        return "<p>Judge reliability was not measured (run <code>lance judge RUN_DIR</code>).</p>"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    results = doc.get("results") or {}
+    kinds = list(dict.fromkeys(k for r in results.values() for k in r.get("per_kind", {})))
+    rows = []
+    for mode, r in results.items():
+        ci = r.get("ci95") or [None, None]
+        rows.append([esc(mode), fmt(r.get("pairs")), fmt(r.get("accuracy")), f"{fmt(ci[0])}-{fmt(ci[1])}",
+                     fmt(r.get("parse_failure_rate")), fmt(r.get("seconds_per_pair"))]
+                    + [fmt(r.get("per_kind", {}).get(k, {}).get("accuracy")) for k in kinds])
+    note = (f'<p class="muted">Model {esc(doc.get("model"))}, split {esc(doc.get("split"))}: the gold answer of a '
+            "seed task against a corrupted version; right = gold scored strictly higher (a tie is wrong); a pair "
+            "with an unscored side is a parse failure, outside the accuracy.</p>")
+    return _table(["mode", "pairs", "accuracy", "95% CI", "parse failures", "s/pair", *map(esc, kinds)], rows) + note
+
+
 # -- the page --------------------------------------------------------------------------------
 def render(run_dir: Path) -> str:
     run = Run(run_dir)
@@ -414,6 +434,7 @@ def render(run_dir: Path) -> str:
         _guard(stage_table, run, 0, ["prepare"] if run.conf("train.m0_sft") is False else ["prepare", "train"]),
         *(iteration(run, t) for t in run.iterations),
         '<h2 id="evaluation">Evaluation</h2>', _guard(evaluation, run),
+        '<h2 id="judge">Judge reliability</h2>', _guard(judge, run),
     ]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>LANCE run report: {esc(run_dir.name)}</title><style>{CSS}</style></head>"

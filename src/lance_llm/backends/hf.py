@@ -14,6 +14,8 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,22 +178,62 @@ class HFBackend(Backend):
 
         Only the final positions are needed (the continuation), so the full-vocabulary
         log-softmax is computed for those alone: the whole sequence would cost GBs of logits.
+        A token prefix shared by all sequences (chat template + system prompt + rubric) is run
+        once and its KV cache reused; sequences sharing a longer prefix among themselves (the
+        per-criterion questions about one response) reuse that one too. See `_prefix_plan`.
         """
         out: list[dict[int, _LazyRow]] = [{} for _ in seqs]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        shared, clusters = _prefix_plan(seqs, earliest, SHARED_MIN)
+        if shared == 0:
+            self._run(None, 0, list(range(len(seqs))), seqs, earliest, out)
+            return out
+        base = self._extend(None, seqs[0][:shared])
+        singles: list[int] = []
+        for plen, members in clusters:
+            if plen == shared:
+                singles.extend(members)
+            else:
+                self._run(self._extend(base, seqs[members[0]][shared:plen]), plen, members, seqs, earliest, out)
+        self._run(base, shared, singles, seqs, earliest, out)
+        return out
+
+    def _extend(self, cache, ids: list[int]):
+        """The KV cache after `ids` (batch 1), starting from `cache` (not modified)."""
+        past = 0 if cache is None else cache.get_seq_length()
+        x = torch.tensor([ids], device=self.device)
+        pos = torch.arange(past, past + len(ids), device=self.device)[None]
+        mask = torch.ones(1, past + len(ids), dtype=torch.long, device=self.device)
+        self.tokens["prompt"] += len(ids)
+        res = self.model(input_ids=x, attention_mask=mask, position_ids=pos,
+                         past_key_values=copy.deepcopy(cache), use_cache=True, logits_to_keep=1)
+        return res.past_key_values
+
+    def _run(self, cache, plen: int, members: list[int], seqs: list[list[int]], earliest: list[int],
+             out: list[dict[int, _LazyRow]]) -> None:
+        """Forward the suffixes `seqs[i][plen:]` after the shared KV `cache` (None: no prefix) in
+        length-sorted batches; left padding sits between the prefix and each suffix, masked."""
+        order = sorted(members, key=lambda i: len(seqs[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            ids, mask = self._left_pad([seqs[i] for i in batch])
-            self.tokens["prompt"] += int(mask.sum())
+            ids, smask = self._left_pad([seqs[i][plen:] for i in batch])
+            self.tokens["prompt"] += int(smask.sum())
             keep = max(len(seqs[i]) - earliest[i] for i in batch)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+            pos = plen + (smask.cumsum(-1) - 1).clamp(min=0)
+            kwargs: dict = {}
+            if cache is not None:
+                kv = copy.deepcopy(cache)
+                if len(batch) > 1:
+                    kv.batch_repeat_interleave(len(batch))
+                ones = torch.ones(len(batch), plen, dtype=smask.dtype, device=self.device)
+                smask = torch.cat([ones, smask], dim=1)
+                kwargs = {"past_key_values": kv, "use_cache": True}
+            logits = self.model(input_ids=ids, attention_mask=smask, position_ids=pos, logits_to_keep=keep,
+                                **kwargs).logits
             lp = torch.log_softmax(logits.float(), dim=-1)
             for b, i in enumerate(batch):
                 n = len(seqs[i])
                 for p in range(earliest[i], n):
                     out[i][p] = _LazyRow(lp[b, keep - (n - p)])
-        return out
 
     def close(self) -> None:
         del self.model
@@ -207,6 +249,36 @@ class _LazyRow:
 
     def __getitem__(self, token: int) -> float:
         return float(self.row[token])
+
+
+# a shared prefix shorter than this is not worth a separate forward pass and cache copies
+SHARED_MIN = 32
+
+
+def _prefix_plan(seqs: list[list[int]], earliest: list[int], min_len: int) -> tuple[int, list[tuple[int, list[int]]]]:
+    """(length of the prefix all sequences share, clusters): sequences adjacent in sorted order
+    that share at least `min_len` more tokens form a cluster [(its shared length, members)];
+    the rest are clusters at the global length. A prefix never reaches a position whose logits
+    are needed (`earliest`), so each sequence keeps at least its scored tokens as suffix."""
+    if len(seqs) < 2:
+        return 0, []
+    cap = min(earliest)
+    shared = min(cap, min(_common_prefix(seqs[0], s) for s in seqs[1:]))
+    if shared < min_len:
+        return 0, []
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    clusters: list[tuple[int, list[int]]] = []
+    members, plen = [order[0]], len(seqs[order[0]])
+    for prev, cur in itertools.pairwise(order):
+        common = min(_common_prefix(seqs[prev], seqs[cur]), earliest[prev], earliest[cur], plen)
+        if common - shared >= min_len:
+            members.append(cur)
+            plen = common
+        else:
+            clusters.append((plen if len(members) > 1 else shared, members))
+            members, plen = [cur], len(seqs[cur])
+    clusters.append((plen if len(members) > 1 else shared, members))
+    return shared, clusters
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -25,10 +25,16 @@ def load(name: str) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def templates_hash() -> str:
-    """A hash of every template, so a run redoes the LLM stages when a prompt is edited."""
+#: the templates every run uses; the criteria ones only count for review.mode criteria | combined
+CORE = ("system", "review", "new_instruction", "degrade_response")
+CRITERIA = ("criteria", "criterion_question", "criterion_response")
+
+
+def templates_hash(names: tuple[str, ...] = CORE) -> str:
+    """A hash of the templates a run uses, so it redoes the LLM stages when one of them is edited,
+    and a template it does not use (a review mode it is not in) never makes it redo anything."""
     h = hashlib.sha256()
-    for path in sorted(HERE.glob("*.txt")):
+    for path in sorted(HERE / f"{name}.txt" for name in names):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -9,6 +9,13 @@ Two modes (config `review.mode`):
 - `expected`: force the reply to begin with `score: ` and read the probability of each
   continuation "0".."10" (the two-token "10" included) in one forward pass; the score is the
   expected value. It cannot fail to parse and costs a fraction of one sampled review.
+- `criteria` [ours]: the additive rubric asked one criterion at a time (prompts/criteria.txt:
+  five about the question, shown alone, five about the response), each read as P(Yes) /
+  (P(Yes) + P(No)) in one forward pass; the score is their sum, 0-10 like the rubric's. The
+  question-only prompts are identical for every response to one instruction, so the backend
+  scores them once; the ten prompts share their opening, which HFBackend runs once.
+- `combined` [ours]: the mean of the `expected` and `criteria` scores (both 0-10); unscored when
+  either is. On SmolLM2 the two err on different corruption kinds (BENCHMARKS.md).
 
     reviewed, stats = review(samples, backend, cfg.review, system_prompt, seed=0)
 """
@@ -51,6 +58,33 @@ def parse_score(text: str) -> float | None:
 
 def review_prompt(instruction: str, response: str) -> str:
     return render(load("review"), instruction=instruction, response=response)
+
+
+CRITERION_ANSWERS = ("Yes", "No")
+
+
+def criteria() -> list[str]:
+    """The rubric's ten criteria as yes/no questions; the first five are about the question."""
+    lines = [x.strip() for x in load("criteria").splitlines() if x.strip()]
+    if len(lines) != 10:
+        raise ValueError(f"prompts/criteria.txt must hold 10 criteria, one per line, not {len(lines)}")
+    return lines
+
+
+def criteria_prompts(instruction: str, response: str) -> list[str]:
+    qs = criteria()
+    return ([render(load("criterion_question"), instruction=instruction, criterion=c) for c in qs[:5]]
+            + [render(load("criterion_response"), instruction=instruction, response=response, criterion=c)
+               for c in qs[5:]])
+
+
+def yes_probability(logprobs: Sequence[float]) -> float:
+    """P(Yes) / (P(Yes) + P(No)); NaN when neither answer has any probability."""
+    yes, no = logprobs
+    top = max(yes, no)
+    if not math.isfinite(top):
+        return math.nan
+    return 1 / (1 + math.exp(no - yes)) if no - yes < 700 else 0.0
 
 
 def expected_score(logprobs: Sequence[float]) -> float:
@@ -114,14 +148,15 @@ def review(
     prompts = [((("system", system), ("user", review_prompt(s.instruction, s.response)))) for s in samples]
     reviews: list[Review]
     if cfg.mode == "expected":
-        out = backend.score([ScoreRequest(p, SCORE_PREFIX, SCORE_TOKENS) for p in prompts])
+        reviews = _expected(samples, backend, prompts)
+    elif cfg.mode == "criteria":
+        reviews = _criteria(samples, backend, system)
+    elif cfg.mode == "combined":
         reviews = []
-        for lp in out:
-            value = expected_score(lp)
-            if math.isfinite(value):
-                reviews.append(Review(mode="expected", score=round(value, 4), samples=[round(value, 4)]))
-            else:
-                reviews.append(Review(mode="expected", score=None, samples=[None], parse_failures=1))
+        for e, c in zip(_expected(samples, backend, prompts), _criteria(samples, backend, system), strict=True):
+            ok = e.score is not None and c.score is not None
+            reviews.append(Review(mode="combined", score=round((e.score + c.score) / 2, 4) if ok else None,
+                                  samples=[e.score, c.score], parse_failures=0 if ok else 1))
     else:
         sp = cfg.sampling
         reqs = [
@@ -146,3 +181,29 @@ def review(
             stats.scored += 1
         result.append(replace(s, review=r))
     return result, stats
+
+
+def _expected(samples: Sequence[Sample], backend: Backend, prompts: list) -> list[Review]:
+    out = backend.score([ScoreRequest(p, SCORE_PREFIX, SCORE_TOKENS) for p in prompts])
+    reviews = []
+    for lp in out:
+        value = expected_score(lp)
+        if math.isfinite(value):
+            reviews.append(Review(mode="expected", score=round(value, 4), samples=[round(value, 4)]))
+        else:
+            reviews.append(Review(mode="expected", score=None, samples=[None], parse_failures=1))
+    return reviews
+
+
+def _criteria(samples: Sequence[Sample], backend: Backend, system: str) -> list[Review]:
+    per = [criteria_prompts(s.instruction, s.response) for s in samples]
+    flat = [ScoreRequest((("system", system), ("user", u)), "", CRITERION_ANSWERS) for us in per for u in us]
+    out = backend.score(flat)
+    reviews = []
+    for k in range(len(samples)):
+        probs = [yes_probability(lp) for lp in out[10 * k : 10 * k + 10]]
+        if all(math.isfinite(p) for p in probs):
+            reviews.append(Review(mode="criteria", score=round(sum(probs), 4), samples=[round(p, 4) for p in probs]))
+        else:
+            reviews.append(Review(mode="criteria", score=None, samples=[None], parse_failures=1))
+    return reviews

@@ -1,0 +1,96 @@
+"""Judge defaults on the dev split (issue 7): per-item scores of each mode, then accuracy of each
+mode and of each single criterion, per corruption kind. Chooses nothing by itself; the rule used
+(docs/method.md): the most accurate mode on dev among those within the cost goal (<= 1/20 of
+the sampled judge), a difference inside the 95% interval going to the cheaper mode.
+
+    flock /tmp/lance-cpu.lock python bench/judge_dev.py smollm2-135m --limit 120 --modes expected,criteria
+    python bench/judge_dev.py --analyze /tmp/judge/dev-smollm2-135m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from lance_llm.judge.pairs import KINDS, load_pairs, select
+from lance_llm.judge.reliability import _sid
+
+
+def collect(model: str, limit: int, modes: list[str], out: Path) -> None:
+    from lance_llm import models
+    from lance_llm.config import Config, ReviewConfig
+    from lance_llm.loop import make_backend
+    from lance_llm.prompts import load
+    from lance_llm.records import Sample
+    from lance_llm.stages.review import review
+
+    pairs = select(load_pairs()[0], "dev", limit)
+    items: dict[str, Sample] = {}
+    for p in pairs:
+        for r in (p.gold, p.corrupted):
+            items.setdefault(_sid(p.instruction, r), Sample(_sid(p.instruction, r), p.instruction, r))
+    m = models.resolve(model)
+    backend = make_backend(Config(), m.path, m.fingerprint)
+    doc: dict = {"model": model, "pairs": [p.to_dict() for p in pairs], "items": {}, "seconds": {}}
+    for mode in modes:
+        t0 = time.perf_counter()
+        done, _ = review(list(items.values()), backend, ReviewConfig(mode=mode), load("system"), 0)
+        doc["seconds"][mode] = time.perf_counter() - t0
+        for s in done:  # criteria: the ten P(yes); other modes: the score
+            doc["items"].setdefault(s.id, {})[mode] = s.review.samples if mode == "criteria" else s.review.score
+    out.write_text(json.dumps(doc))
+
+
+def analyze(path: Path) -> None:
+    d = json.loads(path.read_text())
+    pairs, items = d["pairs"], d["items"]
+    print(f"{d.get('model', '')}: {len(pairs)} dev pairs; s/pair",
+          {m: round(s / len(pairs), 3) for m, s in d["seconds"].items()})
+
+    def acc(fn, name: str) -> None:
+        tot: collections.Counter = collections.Counter()
+        right: collections.Counter = collections.Counter()
+        for p in pairs:
+            g, b = (items[_sid(p["instruction"], r)] for r in (p["gold"], p["corrupted"]))
+            for k in ("ALL", p["kind"]):
+                tot[k] += 1
+                right[k] += fn(g) > fn(b)
+        print(f"{name:20s}", " ".join(f"{k}={right[k] / tot[k]:.2f}" for k in ("ALL", *KINDS) if tot[k]))
+
+    first = next(iter(items.values()))
+    if "expected" in first:
+        acc(lambda x: x["expected"], "expected")
+    if "criteria" in first:
+        acc(lambda x: sum(x["criteria"]), "criteria")
+        for k in range(5, 10):
+            acc(lambda x, k=k: x["criteria"][k], f"criterion {k + 1}")
+        if "expected" in first:
+            acc(lambda x: (sum(x["criteria"]) + x["expected"]) / 2, "combined")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?")
+    ap.add_argument("--limit", type=int, default=120)
+    ap.add_argument("--modes", default="expected,criteria")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--analyze", type=Path, help="only print the accuracies of a stored file")
+    args = ap.parse_args()
+    if args.analyze:
+        analyze(args.analyze)
+        return 0
+    out = args.out or Path(f"/tmp/judge/dev-{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    collect(args.model, args.limit, args.modes.split(","), out)
+    analyze(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Judge modes with fakes (no model): the `criteria` mode asks the ten rubric criteria one by one
+and sums P(Yes); a criterion with no probability on Yes/No leaves the pair unscored (a parse
+failure, never 0); the question-only criteria are the same requests for every response to one
+instruction. And the HF backend's prefix plan: which tokens are shared, which are run per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
+from lance_llm.backends.hf import _prefix_plan
+from lance_llm.config import ReviewConfig
+from lance_llm.records import Sample
+from lance_llm.stages.review import CRITERION_ANSWERS, criteria, criteria_prompts, review, yes_probability
+
+
+class YesNoBackend(Backend):
+    """P(Yes) = 0.9 for prompts mentioning `good`, 0.2 otherwise; no probability at all for
+    prompts mentioning `broken`."""
+
+    fingerprint = "fake"
+
+    def __init__(self) -> None:
+        self.tokens = {"prompt": 0, "generated": 0}
+        self.requests: list[ScoreRequest] = []
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        raise AssertionError("criteria mode must not generate")
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        self.requests.extend(requests)
+        out = []
+        for r in requests:
+            assert r.continuations == CRITERION_ANSWERS and r.prefix == ""
+            text = r.messages[-1][1]
+            if "broken" in text:
+                out.append([-math.inf, -math.inf])
+            else:
+                p = 0.9 if "good" in text else 0.2
+                out.append([math.log(p), math.log(1 - p)])
+        return out
+
+
+def test_criteria_prompts() -> None:
+    qs = criteria()
+    assert len(qs) == 10 and all(q.endswith("?") for q in qs)
+    prompts = criteria_prompts("What is 2+2?", "It is 4.")
+    assert len(prompts) == 10
+    assert all("It is 4." not in p and "What is 2+2?" in p for p in prompts[:5])  # question criteria
+    assert all("It is 4." in p and p.endswith(q) for p, q in zip(prompts[5:], qs[5:], strict=True))
+
+
+def test_yes_probability() -> None:
+    assert math.isclose(yes_probability([math.log(0.3), math.log(0.1)]), 0.75)
+    assert math.isnan(yes_probability([-math.inf, -math.inf]))
+    assert yes_probability([-math.inf, -1.0]) == 0.0
+
+
+def test_criteria_mode_scores_and_failures() -> None:
+    samples = [Sample("a", "Q?", "a good answer"), Sample("b", "Q?", "a poor answer"),
+               Sample("c", "Q?", "broken")]
+    backend = YesNoBackend()
+    out, stats = review(samples, backend, ReviewConfig(mode="criteria"), "sys", seed=0)
+    a, b, c = (s.review for s in out)
+    # five question criteria at 0.2 each, five response criteria at 0.9 (good) or 0.2 (poor)
+    assert math.isclose(a.score, 5 * 0.2 + 5 * 0.9) and math.isclose(b.score, 10 * 0.2)
+    assert a.mode == "criteria" and len(a.samples) == 10
+    assert c.score is None and c.parse_failures == 1  # unscored, not 0
+    assert stats.scored == 2 and stats.unscored == 1
+    assert len(backend.requests) == 30
+    # the question-only requests are identical across the three responses: the backend's
+    # dedup (and the durable cache) scores them once
+    assert len({r for r in backend.requests}) == 5 + 3 * 5
+
+
+def test_prefix_plan() -> None:
+    head = list(range(100, 140))  # 40 tokens every sequence shares
+    item1, item2 = list(range(200, 240)), list(range(300, 340))
+    seqs = [head + item1 + [1, 2], head + item1 + [3, 4], head + item2 + [5], [*head, 7, 8, 9]]
+    earliest = [len(s) - 1 for s in seqs]
+    shared, clusters = _prefix_plan(seqs, earliest, min_len=32)
+    assert shared == 40
+    by_member = {tuple(m): plen for plen, m in clusters}
+    assert by_member[(0, 1)] == 80  # the two questions about item1 share item1 too
+    assert by_member[(2,)] == 40 and by_member[(3,)] == 40
+    # no shared prefix worth caching: plain batches
+    assert _prefix_plan([[1, 2, 3], [1, 2, 4]], [2, 2], 32) == (0, [])
+    # a prefix never covers a position whose logits are needed
+    shared, _ = _prefix_plan([[*head, 1], [*head, 2]], [35, 40], 32)
+    assert shared == 35
+
+
+def test_combined_mode_is_the_mean_of_expected_and_criteria() -> None:
+    class Both(YesNoBackend):
+        def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+            crit = [r for r in requests if r.prefix == ""]
+            if crit:
+                return super().score(crit)
+            # expected mode: all probability on "6" unless the response is broken
+            return [[0.0 if i == 6 else -math.inf for i in range(11)] if "broken" not in r.messages[-1][1]
+                    else [-math.inf] * 11 for r in requests]
+
+    samples = [Sample("a", "Q?", "a good answer"), Sample("c", "Q?", "broken")]
+    out, stats = review(samples, Both(), ReviewConfig(mode="combined"), "sys", seed=0)
+    a, c = (s.review for s in out)
+    assert a.mode == "combined" and math.isclose(a.score, (6 + 5 * 0.2 + 5 * 0.9) / 2)
+    assert a.samples == [6.0, 5.5]
+    assert c.score is None and c.parse_failures == 1 and stats.unscored == 1

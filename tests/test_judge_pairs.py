@@ -1,0 +1,159 @@
+"""Judge reliability, part 1: the labelled pair set and the metric (no model).
+
+The pair set: every pair is labelled "gold wins", kinds are the five corruptions, each corruption
+is what it says (a truncated answer is a prefix, a shuffled one has the same words...), dev and
+test never share a task, and building twice gives the same pairs. The metric: an oracle judge
+scores 1.0, a random one about 0.5, a tie is wrong, an unscored side is a parse failure (never 0).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
+from lance_llm.config import ReviewConfig
+from lance_llm.judge.pairs import IRRELEVANT, KINDS, build_pairs, load_pairs, load_tasks, select, split_of
+from lance_llm.judge.reliability import agreement, judge_reliability, metric, outcome, wilson
+from lance_llm.records import RecordError
+
+SELF_INSTRUCT = next((a / "shared/data/self_instruct/seed_tasks.jsonl" for a in Path(__file__).resolve().parents[2:]
+                      if (a / "shared/data/self_instruct/seed_tasks.jsonl").exists()), Path("/nonexistent"))
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return load_pairs()[0]  # Self-Instruct when present beside the repo, else the shipped seed
+
+
+def test_labels_kinds_and_corruptions(pairs) -> None:
+    assert {p.kind for p in pairs} == set(KINDS)
+    gold_of = {p.task_id: p.gold for p in pairs}
+    for p in pairs:
+        assert p.label == "gold" and p.corrupted != p.gold and p.id == f"{p.task_id}/{p.kind}"
+        if p.kind == "truncated":
+            assert p.gold.startswith(p.corrupted) and len(p.corrupted.split()) < len(p.gold.split())
+        elif p.kind == "shuffled":
+            assert sorted(p.corrupted.split()) == sorted(p.gold.split())
+        elif p.kind == "irrelevant":
+            assert p.corrupted in IRRELEVANT
+        elif p.kind == "other_task":
+            donors = [t for t, g in gold_of.items() if g == p.corrupted and t != p.task_id]
+            assert donors and all(split_of(t) == p.split for t in donors)
+        elif p.kind == "contradicted":
+            assert len(p.corrupted.split()) >= len(p.gold.split())  # same text, a fact changed
+
+
+def test_split_is_by_task_and_deterministic(pairs) -> None:
+    dev = {p.task_id for p in pairs if p.split == "dev"}
+    test = {p.task_id for p in pairs if p.split == "test"}
+    assert dev and test and not dev & test
+    assert len(test) > len(dev)  # about 2/3 of the tasks are held out for the reported figures
+    again = load_pairs()[0]
+    assert [p.to_dict() for p in again] == [p.to_dict() for p in pairs]
+    assert select(pairs, "dev") == [p for p in pairs if p.split == "dev"]
+    assert len(select(pairs, "test", 7)) == 7
+
+
+@pytest.mark.skipif(not SELF_INSTRUCT.exists(), reason="Self-Instruct seed tasks not beside the repo")
+def test_self_instruct_source() -> None:
+    tasks, src = load_tasks(SELF_INSTRUCT)
+    assert len(tasks) == 175 and src == SELF_INSTRUCT
+    _tid, instruction, gold = next(t for t in tasks if t[0] == "seed_task_1")
+    assert "Night : Day" in instruction and gold.startswith("The relation between")
+
+
+def test_fallback_and_bad_file(tmp_path: Path) -> None:
+    f = tmp_path / "seed.jsonl"
+    rows = [{"id": f"t{i}", "instruction": f"Question {i}?",
+             "response": f"Answer {i} is long enough. It has three sentences. The value is {i + 10}."}
+            for i in range(12)]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    built, summary = build_pairs(load_tasks(f)[0])
+    assert summary["tasks"] == 12 and len(built) == 12 * len(KINDS)
+    f.write_text('{"id": "x", "instruction": "Q?"}\n')
+    with pytest.raises(RecordError, match=r"seed.jsonl:1: missing gold answer"):
+        load_tasks(f)
+
+
+def test_outcome_and_interval() -> None:
+    assert outcome(7.0, 3.0) == "right"
+    assert outcome(5.0, 5.0) == "wrong"  # a tie is wrong
+    assert outcome(None, 0.0) == "parse_failure" and outcome(9.0, None) == "parse_failure"
+    lo, hi = wilson(50, 100)
+    assert lo < 0.5 < hi and round(hi - lo, 2) == 0.19
+    assert wilson(10, 10)[1] == 1.0 and wilson(0, 0) is None
+
+
+def test_metric_oracle_random_and_failures(pairs) -> None:
+    oracle = metric(pairs, [(9.0, 2.0)] * len(pairs))
+    assert oracle["accuracy"] == 1.0 and oracle["parse_failures"] == 0
+    assert all(k["accuracy"] == 1.0 for k in oracle["per_kind"].values())
+    rng = random.Random(0)
+    rand = metric(pairs, [(rng.uniform(0, 10), rng.uniform(0, 10)) for _ in pairs])
+    assert 0.4 < rand["accuracy"] < 0.6
+    lo, hi = rand["ci95"]
+    assert lo < 0.5 < hi
+    # unscored gold: a parse failure, excluded from accuracy, not a loss by 0
+    mixed = metric(pairs[:4], [(None, 3.0), (8.0, None), (5.0, 5.0), (6.0, 1.0)])
+    assert mixed["parse_failures"] == 2 and mixed["scored"] == 2
+    assert mixed["accuracy"] == 0.5 and mixed["accuracy_all"] == 0.25
+    assert mixed["outcomes"][pairs[0].id] == "parse_failure"
+    a = {"x": "right", "y": "wrong", "z": "parse_failure"}
+    assert agreement(a, {"x": "right", "y": "right", "z": "right"}) == {"pairs": 2, "agreement": 0.5}
+
+
+class GoldKnowingBackend(Backend):
+    """A fake judge that knows the gold answers: high score for gold, low otherwise (oracle), or
+    a random one; sampled mode gets free text, unparsable for one response in `garble`."""
+
+    fingerprint = "fake"
+
+    def __init__(self, golds: set[str], oracle: bool, garble: str = "") -> None:
+        self.golds, self.oracle, self.garble = golds, oracle, garble
+        self.tokens = {"prompt": 0, "generated": 0}
+        self.rng = random.Random(1)
+
+    def _good(self, text: str) -> bool:
+        if not self.oracle:
+            return self.rng.random() < 0.5
+        return any(f"<response>\n{g}\n</response>" in text for g in self.golds)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        out = []
+        for r in requests:
+            if not self.oracle:  # a random distribution over the score tokens
+                out.append([self.rng.uniform(-5, 0) for _ in r.continuations])
+                continue
+            best = 9 if self._good(r.messages[-1][1]) else 2
+            out.append([0.0 if i == best else -20.0 for i in range(len(r.continuations))])
+        return out
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        out = []
+        for r in requests:
+            text = r.messages[-1][1]
+            reply = "I cannot say." if self.garble and self.garble in text else (
+                f"Fine. score: {9 if self._good(text) else 2}")
+            out.append([reply] * r.sampling.n)
+        return out
+
+
+def test_judge_reliability_with_fake_backends(pairs) -> None:
+    sub = select(pairs, "test", 40)
+    golds = {p.gold for p in sub}
+    res = judge_reliability(GoldKnowingBackend(golds, oracle=True), ReviewConfig(mode="expected"), sub, "sys")
+    assert res["accuracy"] == 1.0 and res["parse_failure_rate"] == 0 and res["pairs"] == 40
+    assert res["seconds_per_pair"] >= 0 and set(res["per_kind"]) <= set(KINDS)
+    rand = judge_reliability(GoldKnowingBackend(golds, oracle=False), ReviewConfig(mode="expected"),
+                             select(pairs, None), "sys")
+    assert 0.35 < rand["accuracy"] < 0.65
+    garble = sub[0].gold  # every pair of that task loses its gold score: parse failures, not zeros
+    res = judge_reliability(GoldKnowingBackend(golds, oracle=True, garble=garble),
+                            ReviewConfig(mode="sampled", samples=2), sub, "sys")
+    hit = [p for p in sub if p.gold == garble or p.corrupted == garble]
+    assert res["parse_failures"] == len(hit) and res["accuracy"] == 1.0
