@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from lance_llm.drift import drift_markdown, drift_rows  # noqa: E402
+from lance_llm.judge.pairs import KINDS  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/experiment-qwen.yaml", "configs/experiment-smollm2.yaml"]
 
@@ -81,6 +83,38 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def checkpoints(cfg: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
+    """(label, model source) of base, M_0 (when trained) and every M_t of the run."""
+    out = [("base", str(cfg["model"]["source"]))]
+    for d in sorted(run_dir.glob("iter_[0-9][0-9]/model")):
+        if (d / "config.json").is_file():
+            out.append((f"M_{int(d.parent.name[5:])}", str(d.relative_to(ROOT))))
+    return out
+
+
+def judge_table(run_dir: Path) -> str:
+    """One row per (checkpoint, review mode) from RUN_DIR/judge/LABEL-MODE/judge.json."""
+    head = ["model", "mode", "pairs", "accuracy [95% CI]", "parse failures", "s/pair", *KINDS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    found = sorted(run_dir.glob("judge/*/judge.json"), key=lambda p: (p.parent.name.split("-")[0] != "base",
+                                                                       p.parent.name))
+    for path in found:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        label = path.parent.name.rsplit("-", 1)[0]
+        for mode, r in doc["results"].items():
+            acc = "–" if r.get("accuracy") is None else f"{r['accuracy']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+            kinds = [("–" if (k := r.get("per_kind", {}).get(kind, {}).get("accuracy")) is None else f"{k:.2f}")
+                     for kind in KINDS]
+            lines.append("| " + " | ".join([label, mode, str(r["pairs"]), acc,
+                                             f"{100 * (r.get('parse_failure_rate') or 0):.0f}%",
+                                             f"{r.get('seconds_per_pair') or 0:.2f}", *kinds]) + " |")
+    if not found:
+        return "(not measured: run without --no-judge)"
+    return "\n".join(lines) + ("\n\nTest split of the labelled pairs (`lance judge`); right = the gold answer "
+                               "scores strictly higher; a pair with an unscored side is a parse failure, "
+                               "outside the accuracy.")
+
+
 def section(config: str, args: argparse.Namespace, log: Path) -> str:
     cfg = yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))
     run_dir = ROOT / cfg["run_dir"]
@@ -88,9 +122,16 @@ def section(config: str, args: argparse.Namespace, log: Path) -> str:
     run_cmd = [*lance, "run", config]
     eval_cmd = [*lance, "eval", str(cfg["run_dir"]), "--ifeval-limit", str(args.ifeval_limit),
                 "--mc-limit", str(args.mc_limit)]
-    judge_cmd = [*lance, "judge", str(cfg["run_dir"]), "--split", "test", "--limit", str(args.judge_limit)]
-    cmds = {"lance run": run_cmd, "lance eval": eval_cmd, **({} if args.no_judge else {"lance judge": judge_cmd})}
+    cmds = {"lance run": run_cmd, "lance eval": eval_cmd}
     times = {} if args.report_only else {k: step(c, log) for k, c in cmds.items()}
+    if not args.no_judge:  # after the run: its checkpoints are what is judged
+        for label, model in checkpoints(cfg, run_dir):
+            for mode, limit in (("expected", args.judge_limit), ("sampled", args.judge_sampled_limit)):
+                key = f"lance judge {label} {mode}"
+                cmds[key] = [*lance, "judge", model, config, "--mode", mode, "--split", "test", "--limit",
+                             str(limit), "--out", str(Path(cfg["run_dir"]) / "judge" / f"{label}-{mode}")]
+                if not args.report_only:
+                    times[key] = step(cmds[key], log)
     shown = "; the times are of this invocation, ~0 s when already done" if times else ""
     parts = [f"## {cfg['model']['source']} (`{config}`)", "", f"Commands (each resumes{shown}):", "",
              *[f"- `lance {shlex.join(c[3:])}`" + (f": {times[k]:.0f} s" if k in times else "")
@@ -99,9 +140,8 @@ def section(config: str, args: argparse.Namespace, log: Path) -> str:
     if secs:
         parts += ["Compute time per stage (summed over iterations, from the stage manifests): "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + f"; total {sum(secs.values()):.0f} s.", ""]
-    for title, path in (("Evaluation", run_dir / "eval" / "results.md"),
-                        ("Judge reliability", run_dir / "judge" / "results.md"),
-                        ("Funnel", run_dir / "funnel.md")):
+    parts += ["### Judge reliability", "", judge_table(run_dir), ""]
+    for title, path in (("Evaluation", run_dir / "eval" / "results.md"), ("Funnel", run_dir / "funnel.md")):
         parts += [f"### {title}", "", path.read_text(encoding="utf-8").strip() if path.is_file()
                   else f"(missing: {path.relative_to(ROOT)})", ""]
     parts += ["### Diversity and drift", "", drift_markdown(drift_rows(run_dir)), ""]
@@ -113,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     p.add_argument("--ifeval-limit", type=int, default=40, help="IFEval dev prompts per checkpoint")
     p.add_argument("--mc-limit", type=int, default=30, help="items per multiple-choice benchmark")
-    p.add_argument("--judge-limit", type=int, default=0, help="judge pairs per checkpoint (0 = the whole test split)")
+    p.add_argument("--judge-limit", type=int, default=100, help="judge pairs per checkpoint, expected mode")
+    p.add_argument("--judge-sampled-limit", type=int, default=12,
+                   help="judge pairs per checkpoint, sampled mode (3 free-text reviews each: costly)")
     p.add_argument("--no-judge", action="store_true", help="skip the judge-reliability step")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the Markdown from what the runs and evaluations left on disk")
