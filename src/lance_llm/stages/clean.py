@@ -203,14 +203,15 @@ class NearDuplicates:
             left = n - i  # q's elements from here on, this one included
             found.update(k for k, j in self.full.get(e, ()) if sizes[k] >= n and j <= sizes[k] - need
                          and min(left, sizes[k] - j) >= need)
+        alpha = [_min_overlap(m, t) for m in range(n + 1)]  # by the shorter text's length
         for i, e in enumerate(elems):
             left = n - i
             found.update(k for k, j in self.prefix.get(e, ()) if sizes[k] < n
-                         and min(left, sizes[k] - j) >= _min_overlap(sizes[k], t))
+                         and min(left, sizes[k] - j) >= alpha[sizes[k]])
         mine = set(elems)
         for k in sorted(found):  # in the order kept, as the plain scan would meet them
             # the overlap bound is cheap; ROUGE-L (a Python LCS table) only when it can pass
-            if len(mine.intersection(self.elements[k])) >= _min_overlap(min(n, sizes[k]), t) and \
+            if len(mine.intersection(self.elements[k])) >= alpha[min(n, sizes[k])] and \
                     rouge_similar(text, self.texts[k], t):
                 return True
         return False
