@@ -23,8 +23,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     from lance_llm.loop import run as run_loop
 
     tmp = Path(tempfile.mkdtemp(prefix="lance-bench-iter-"))
+    # the default config names the IFEval prompts relative to the main checkout; point at them here
+    ifeval = ROOT.parent.parent / "shared" / "data" / "ifeval" / "dev.jsonl"
+    decon = f"clean.decontaminate_paths=[{ifeval}]" if ifeval.exists() else "clean.decontaminate_paths=[]"
     overrides = ["iterations=1", f"data.limit={args.seeds}", "train.m0_sft=false", f"run_dir={tmp / 'run'}",
-                 "clean.decontaminate_paths=[]", *args.set]
+                 decon, *args.set]
     cfg = load_config(ROOT / "configs" / "default.yaml", overrides)
     with Timer() as t:
         run_loop(cfg, echo=lambda s: None)
