@@ -1,6 +1,6 @@
 """Generation throughput of the response stage: HFBackend.generate against naive HF `generate`.
 
-    python -m bench.gen --prompts 8 --n 4 --max-new 256
+    python -m bench.gen --prompts 8 --n 4 --max-new 192
 
 Workload: the response stage's shape: `--prompts` Self-Instruct seed instructions of mixed length,
 each answered `--n` times with the method's sampling (T=0.7, top-p 0.9), up to `--max-new` tokens.
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--max-new", type=int, default=256)
+    p.add_argument("--max-new", type=int, default=192)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Cost per reviewed pair: the expected-score judge against the method's 3 sampled reviews.
 
-    python -m bench.judge --pairs 8 --max-new 512
+    python -m bench.judge --pairs 6 --max-new 512
 
 Stand-in pair set (until the evaluation issue's set lands): `--pairs` Self-Instruct seed tasks,
 each reviewed twice: with its gold answer and with a corrupted one (cycling through: truncated to
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--pairs", type=int, default=6)
     p.add_argument("--max-new", type=int, default=512)
 
 

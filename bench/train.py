@@ -1,6 +1,6 @@
 """SFT and DPO training throughput: lance's trainer arguments against TRL's defaults, same data.
 
-    python -m bench.train --steps 4 --batch 4
+    python -m bench.train --steps 3 --batch 4
 
 Data: Self-Instruct seed tasks in TRL's conversational prompt-completion format (SFT) and as
 preference pairs, chosen = the task's answer, rejected = another task's answer (DPO). Both arms
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
 
 
