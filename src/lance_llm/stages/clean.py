@@ -33,6 +33,10 @@ looked at: an instruction counts as kept for the near-duplicate rule once it pas
 instruction rules (including contamination and the `seen` check), whether or not any of its
 responses survive. Instructions are grouped by `normalize`, so variants that differ only in case
 or whitespace are one instruction.
+
+The "similar" tests are ROUGE-L (rouge-score) as in the reference code; the near-duplicate rules
+find their candidates through an exact index (`NearDuplicates`), so 100k instructions do not cost
+100k^2 / 2 ROUGE-L computations and the decisions stay those of the all-pairs scan.
 """
 
 from __future__ import annotations
