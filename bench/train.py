@@ -6,9 +6,8 @@ Data: Self-Instruct seed tasks in TRL's conversational prompt-completion format 
 preference pairs, chosen = the task's answer, rejected = another task's answer (DPO). Both arms
 see the same examples in the same order (same seed, steps and batch size). Each arm is timed from
 building the trainer to the end of `train()` (DPO's reference precompute included); model loading
-is excluded. SFT tokens = the non-pad tokens TRL logs (lance packs several examples per row, so
-its steps hold more); DPO tokens = the examples' token count (prompt + both answers), the same
-examples in both arms. First and last losses are reported
+is excluded. Tokens = the non-pad tokens TRL logs (`num_tokens`); lance packs several SFT examples
+per row, so its steps hold more; DPO arms see the same examples. First and last losses are reported
 to show the two arms train the same thing.
 """
 
@@ -39,14 +38,6 @@ def datasets(n: int, seed: int = 0):
                               "rejected": [{"role": "assistant", "content": pairs[(i + 1) % n]["response"]}]}
                              for i, (u, p) in enumerate(zip(user, pairs, strict=True))])
     return sft, dpo
-
-
-def count_tokens(tok, ds, keys: tuple[str, ...]) -> int:
-    total = 0
-    for row in ds:
-        for k in keys:
-            total += len(tok.apply_chat_template(row["prompt"] + row[k] if k != "prompt" else row[k], tokenize=True))
-    return total
 
 
 def one(kind: str, arm: str, path: Path, ds, steps: int, batch: int, out: Path) -> dict:
@@ -87,21 +78,16 @@ def one(kind: str, arm: str, path: Path, ds, steps: int, batch: int, out: Path) 
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from transformers import AutoTokenizer
-
     path = model_path()
     n = args.steps * args.batch
     sft, _ = datasets(3 * n)  # packed rows hold several examples: enough data for `steps` without repeats
     _, dpo = datasets(n)
-    tok = AutoTokenizer.from_pretrained(str(path))
     tmp = Path(tempfile.mkdtemp(prefix="lance-bench-train-"))
     rows = []
-    for kind, ds, keys in (("sft", sft, ("completion",)), ("dpo", dpo, ("chosen", "rejected"))):
+    for kind, ds in (("sft", sft), ("dpo", dpo)):
         res = {arm: one(kind, arm, path, ds, args.steps, args.batch, tmp / f"{kind}-{arm}") for arm in ("trl", "ours")}
-        if kind == "sft":  # SFT logs the real (non-pad) tokens it trained on; packing fits more per step
-            tokens = {arm: r["tokens"] for arm, r in res.items()}
-        else:  # same examples in both arms
-            tokens = dict.fromkeys(res, count_tokens(tok, ds, keys))
+        # the real (non-pad) tokens TRL logs; lance's SFT packs more of them into a step
+        tokens = {arm: r["tokens"] for arm, r in res.items()}
         tps = {arm: tokens[arm] / r["seconds"] for arm, r in res.items()}
         ratio = tps["ours"] / tps["trl"]
         rows.append({
