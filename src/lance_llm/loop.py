@@ -31,6 +31,7 @@ from .backends.base import Backend
 from .backends.cache import CachedBackend
 from .config import Config, ConfigError, TrainConfig
 from .funnel import funnel_markdown, funnel_row
+from .peakrss import PeakRSS
 from .prompts import CORE, CRITERIA, load, templates_hash
 from .records import (
     PreferencePair,
@@ -138,8 +139,10 @@ class Runner:
         self.echo(f"[iter {t}] {name} ...")
         self._clear_partial(t, outputs)
         t0 = time.time()
-        stats = body()
-        self.rd.write_manifest(t, name, inputs, params, outputs, stats, time.time() - t0)
+        with PeakRSS() as peak:
+            stats = body()
+        self.rd.write_manifest(t, name, inputs, params, outputs, stats, time.time() - t0,
+                               resources={"peak_rss_mb": peak.mb, "children_peak_rss_mb": peak.children_mb})
         self.echo(f"[iter {t}] {name}: {time.time() - t0:.1f}s")
         return stats
 

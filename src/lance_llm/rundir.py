@@ -180,6 +180,7 @@ class RunDir:
         outputs: list[str],
         stats: dict[str, Any],
         seconds: float,
+        resources: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         manifest = {
             "stage": stage,
@@ -188,6 +189,7 @@ class RunDir:
             "outputs": {name: hash_path(self.iter_dir(iteration) / name) for name in outputs},
             "stats": stats,
             "seconds": round(seconds, 2),
+            **({"resources": resources} if resources else {}),  # e.g. the stage's peak RSS
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_text(self.manifest_path(iteration, stage), json.dumps(manifest, indent=2, sort_keys=True))

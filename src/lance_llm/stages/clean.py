@@ -33,17 +33,23 @@ looked at: an instruction counts as kept for the near-duplicate rule once it pas
 instruction rules (including contamination and the `seen` check), whether or not any of its
 responses survive. Instructions are grouped by `normalize`, so variants that differ only in case
 or whitespace are one instruction.
+
+The "similar" tests are ROUGE-L (rouge-score) as in the reference code; the near-duplicate rules
+find their candidates through an exact index (`NearDuplicates`), so 100k instructions do not cost
+100k^2 / 2 ROUGE-L computations and the decisions stay those of the all-pairs scan.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 
 from lance_llm.config import CleanConfig
 from lance_llm.records import RecordError, Sample, iter_jsonl
@@ -63,6 +69,8 @@ REASONS: tuple[str, ...] = (
 # Its default tokenizer keeps only ASCII letters and digits (as in the reference code), so text in
 # other scripts scores 0 and is never "similar".
 _SCORER = rouge_scorer.RougeScorer(["rougeL"])
+# The scorer's own default tokenizer, for the candidate search below (same tokens, same LCS bound).
+_TOKENIZER = tokenizers.DefaultTokenizer(use_stemmer=False)
 _WORD = re.compile(r"\w+")
 
 
@@ -86,6 +94,131 @@ def rouge_similar(a: str, b: str, threshold: float) -> bool:
     """
     s = _SCORER.score(a, b)["rougeL"]
     return max(s.precision, s.recall, s.fmeasure) > threshold
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _elements(text: str) -> tuple[tuple[str, int], ...]:
+    """ROUGE tokens as a set: the k-th occurrence of a word is the element (word, k).
+
+    The size of the intersection of two such sets is the multiset overlap of the token lists,
+    an upper bound on their longest common subsequence. Cached: a text is looked up several times.
+    """
+    seen: Counter[str] = Counter()
+    out = []
+    for tok in _TOKENIZER.tokenize(text):
+        out.append((tok, seen[tok]))
+        seen[tok] += 1
+    return tuple(out)
+
+
+def _min_overlap(length: int, threshold: float) -> int:
+    """Fewest shared elements a pair whose shorter text has `length` tokens needs to be similar.
+
+    `rouge_similar` is true only if LCS / min(len a, len b) > threshold (max(P, R) is LCS over the
+    shorter length, and F1 never exceeds it); LCS <= overlap. Rounded down a hair, so float
+    rounding can only add candidates, never lose one.
+    """
+    return max(1, math.ceil(threshold * length - 1e-6))
+
+
+def similar_to(text: str, other: str, threshold: float) -> bool:
+    """`rouge_similar`, skipping the ROUGE-L computation when the overlap bound already says no."""
+    a, b = _elements(text), _elements(other)
+    if len(set(a).intersection(b)) < _min_overlap(min(len(a), len(b)), threshold):
+        return False
+    return rouge_similar(text, other, threshold)
+
+
+def element_ranks(texts: Iterable[str]) -> dict[tuple[str, int], int]:
+    """Each ROUGE element of `texts` -> its rank by how many texts hold it, rarest first."""
+    frequency: Counter = Counter()
+    for text in texts:
+        frequency.update(_elements(text))
+    return {e: i for i, e in enumerate(sorted(frequency, key=lambda e: (frequency[e], e)))}
+
+
+class NearDuplicates:
+    """Texts kept so far, and an exact search for kept texts ROUGE-L-similar to a new one.
+
+    `similar(text)` answers exactly `any(rouge_similar(text, k, threshold) for k in kept)`, but
+    runs ROUGE-L only on candidates found by prefix filtering (a set-similarity join technique,
+    as in PPJoin): order each text's elements by a fixed global rank, rarest first. A pair needs
+    an overlap of at least a = _min_overlap(min length); by pigeonhole the first L - a + 1
+    elements of each text must contain a shared element, and the overlap is at most 1 + the
+    elements left after the first shared one, in either text. A new text q finds
+    - kept texts at least as long through q's own prefix (a = a(len q)), meeting theirs (read
+      from an index of every element with its rank);
+    - shorter kept texts through their own prefixes (indexed when they were added).
+    No similar pair can be missed, unlike MinHash LSH (which also estimates Jaccard similarity,
+    while this rule flags a short text contained in a long one). Small sets are scanned linearly.
+    """
+
+    LINEAR_MAX = 24  # below this many kept texts a plain scan is as fast as the index
+
+    def __init__(self, threshold: float, rank: dict[tuple[str, int], int] | None = None) -> None:
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        self.threshold = threshold
+        # element -> integer rank (rare elements first, see `element_ranks`); an element it lacks
+        # gets the next free rank here. Any fixed order keeps the search exact; rare-first is fast.
+        self.rank = rank if rank is not None else {}
+        self.extra: dict[tuple[str, int], int] = {}
+        self.texts: list[str] = []
+        self.sizes: list[int] = []
+        self.elements: list[frozenset[int]] = []
+        self.full: dict[int, list[tuple[int, int]]] = defaultdict(list)  # element -> (text, its rank in it)
+        self.prefix: dict[int, list[tuple[int, int]]] = defaultdict(list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def _ranked(self, text: str) -> list[int]:
+        out = []
+        for e in _elements(text):
+            r = self.rank.get(e)
+            if r is None:
+                r = self.extra.setdefault(e, len(self.rank) + len(self.extra))
+            out.append(r)
+        out.sort()
+        return out
+
+    def add(self, text: str) -> None:
+        self.texts.append(text)
+        elems = self._ranked(text)
+        k = len(self.texts) - 1
+        self.sizes.append(len(elems))
+        self.elements.append(frozenset(elems))
+        for pos, e in enumerate(elems):
+            self.full[e].append((k, pos))
+        for pos, e in enumerate(elems[: len(elems) - _min_overlap(len(elems), self.threshold) + 1]):
+            self.prefix[e].append((k, pos))
+
+    def similar(self, text: str) -> bool:
+        if len(self.texts) <= self.LINEAR_MAX:
+            return any(similar_to(text, k, self.threshold) for k in self.texts)
+        elems = self._ranked(text)
+        n = len(elems)
+        if n == 0:
+            return False  # no ROUGE token: every score is 0, never above a threshold >= 0
+        t, sizes = self.threshold, self.sizes
+        found: set[int] = set()
+        need = _min_overlap(n, t)
+        for i, e in enumerate(elems[: n - need + 1]):
+            left = n - i  # q's elements from here on, this one included
+            found.update(k for k, j in self.full.get(e, ()) if sizes[k] >= n and j <= sizes[k] - need
+                         and min(left, sizes[k] - j) >= need)
+        alpha = [_min_overlap(m, t) for m in range(n + 1)]  # by the shorter text's length
+        for i, e in enumerate(elems):
+            left = n - i
+            found.update(k for k, j in self.prefix.get(e, ()) if sizes[k] < n
+                         and min(left, sizes[k] - j) >= alpha[sizes[k]])
+        mine = set(elems)
+        for k in sorted(found):  # in the order kept, as the plain scan would meet them
+            # the overlap bound is cheap; ROUGE-L (a Python LCS table) only when it can pass
+            if len(mine.intersection(self.elements[k])) >= alpha[min(n, sizes[k])] and \
+                    rouge_similar(text, self.texts[k], t):
+                return True
+        return False
 
 
 def _word_count(text: str) -> int:
@@ -157,11 +290,23 @@ class _Cleaner:
             if c.origin == "new":
                 self.n_instructions[str(c.parent_id)].add(normalize(c.instruction))
         self.verdicts: dict[tuple[str, str], str | None] = {}  # (parent, instruction key) -> reason
-        self.kept_instructions: dict[str, list[str]] = defaultdict(list)  # parent -> texts
+        # The near-duplicate search looks rare ROUGE elements up first (see NearDuplicates).
+        rank = element_ranks(self._distinct_new(candidates))
+        self.kept_instructions: dict[str, NearDuplicates] = defaultdict(
+            lambda: NearDuplicates(cfg.rouge_threshold, rank))  # parent -> texts
         self.instruction_owner: dict[str, str] = {}  # instruction key -> parent of its kept candidates
         self.kept_response_keys: set[str] = set()
         # (parent, instruction key) for new responses, (parent, "") for degraded ones -> texts.
-        self.kept_responses: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.kept_responses: dict[tuple[str, str], NearDuplicates] = defaultdict(
+            lambda: NearDuplicates(cfg.rouge_threshold))
+
+    @staticmethod
+    def _distinct_new(candidates: list[Sample]) -> list[str]:
+        first: dict[str, str] = {}
+        for c in candidates:
+            if c.origin == "new":
+                first.setdefault(normalize(c.instruction), c.instruction)
+        return list(first.values())
 
     def contaminated(self, text: str) -> bool:
         if not self.contamination:
@@ -187,24 +332,22 @@ class _Cleaner:
             reason = "exact_duplicate"
         elif filtered and not cfg.instruction_min_words <= _word_count(text) <= cfg.instruction_max_words:
             reason = "instruction_length"
-        elif filtered and rouge_similar(text, self.seeds[parent].instruction, cfg.rouge_threshold):
+        elif filtered and similar_to(text, self.seeds[parent].instruction, cfg.rouge_threshold):
             reason = "instruction_similar_to_seed"
-        elif filtered and any(
-            rouge_similar(text, k, cfg.rouge_threshold) for k in self.kept_instructions[parent]
-        ):
+        elif filtered and self.kept_instructions[parent].similar(text):
             reason = "instruction_near_duplicate"
         else:
-            self.kept_instructions[parent].append(text)
+            self.kept_instructions[parent].add(text)
         self.verdicts[(parent, key)] = reason
         return reason
 
-    def response_rule(self, text: str, seed: Sample, kept: list[str]) -> str | None:
+    def response_rule(self, text: str, seed: Sample, kept: NearDuplicates) -> str | None:
         cfg = self.cfg
         if not cfg.response_min_words <= _word_count(text) <= cfg.response_max_words:
             return "response_length"
-        if rouge_similar(text, seed.response, cfg.rouge_threshold):
+        if similar_to(text, seed.response, cfg.rouge_threshold):
             return "response_similar_to_seed"
-        if any(rouge_similar(text, k, cfg.rouge_threshold) for k in kept):
+        if kept.similar(text):
             return "response_near_duplicate"
         return None
 
@@ -238,7 +381,7 @@ class _Cleaner:
         group = (parent, ikey if new else "")
         reason = self.response_rule(c.response, seed, self.kept_responses[group])
         if reason is None:
-            self.kept_responses[group].append(c.response)
+            self.kept_responses[group].add(c.response)
             self.kept_response_keys.add(rkey)
             if new:
                 self.instruction_owner.setdefault(ikey, parent)
