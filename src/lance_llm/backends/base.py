@@ -59,6 +59,16 @@ class ScoreRequest:
         }
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the token prefix `a` and `b` share (backends reuse the work done for it)."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def request_hash(fingerprint: str, request: GenerateRequest | ScoreRequest) -> str:
     blob = json.dumps({"model": fingerprint, **request.key()}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Backend, GenerateRequest, Message, ScoreRequest
+from .base import Backend, GenerateRequest, Message, ScoreRequest, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class HFBackend(Backend):
             conts = []
             for c in req.continuations:
                 full = self._ids(base_text + c)
-                start = _common_prefix(base, full)
+                start = common_prefix(base, full)
                 if start == 0 or start >= len(full):
                     raise ValueError(f"continuation {c!r} adds no token after the prefix")
                 conts.append((full, start))
@@ -322,14 +322,14 @@ def _prefix_plan(seqs: list[list[int]], earliest: list[int], min_len: int) -> tu
     if len(seqs) < 2:
         return 0, []
     cap = min(earliest)
-    shared = min(cap, min(_common_prefix(seqs[0], s) for s in seqs[1:]))
+    shared = min(cap, min(common_prefix(seqs[0], s) for s in seqs[1:]))
     if shared < min_len:
         return 0, []
     order = sorted(range(len(seqs)), key=lambda i: seqs[i])
     clusters: list[tuple[int, list[int]]] = []
     members, plen = [order[0]], len(seqs[order[0]])
     for prev, cur in itertools.pairwise(order):
-        common = min(_common_prefix(seqs[prev], seqs[cur]), earliest[prev], earliest[cur], plen)
+        common = min(common_prefix(seqs[prev], seqs[cur]), earliest[prev], earliest[cur], plen)
         if common - shared >= min_len:
             members.append(cur)
             plen = common
@@ -356,10 +356,3 @@ def _warpers(temperature: float, top_p: float) -> list | None:
     return warp
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

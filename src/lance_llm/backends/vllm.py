@@ -35,20 +35,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, GenerateRequest, Message, ScoreRequest
+from .base import Backend, GenerateRequest, Message, ScoreRequest, common_prefix
 
 log = logging.getLogger(__name__)
 
 Job = tuple[list[int], dict[str, Any]]  # (prompt token ids, SamplingParams keyword arguments)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class _Engine:
@@ -231,7 +222,7 @@ class VLLMBackend(Backend):
             base = self._ids(base_text)
             for c in req.continuations:
                 full = self._ids(base_text + c)
-                start = _common_prefix(base, full)
+                start = common_prefix(base, full)
                 if start == 0 or start >= len(full):
                     raise ValueError(f"continuation {c!r} adds no token after the prefix")
                 jobs.append((full, dict(max_tokens=1, temperature=0.0, prompt_logprobs=0)))
