@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     p.add_argument("--ifeval-limit", type=int, default=40, help="IFEval dev prompts per checkpoint")
     p.add_argument("--mc-limit", type=int, default=30, help="items per multiple-choice benchmark")
-    p.add_argument("--judge-limit", type=int, default=100, help="judge pairs per checkpoint, expected mode")
-    p.add_argument("--judge-sampled-limit", type=int, default=12,
+    p.add_argument("--judge-limit", type=int, default=60, help="judge pairs per checkpoint, expected mode")
+    p.add_argument("--judge-sampled-limit", type=int, default=8,
                    help="judge pairs per checkpoint, sampled mode (3 free-text reviews each: costly)")
     p.add_argument("--no-judge", action="store_true", help="skip the judge-reliability step")
     p.add_argument("--report-only", action="store_true",
