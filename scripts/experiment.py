@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     findings = args.out.parent / "findings.md"
     head = ["# The self-improvement experiment", "",
             f"Command: `python scripts/experiment.py {shlex.join(argv if argv is not None else sys.argv[1:])}` "
-            f"(`make experiment`); {time.time() - t0:.0f} s wall for this invocation.", "",
+            + ("(this file only: the numbers come from the run directories and evaluations that "
+               "`make experiment` = `python scripts/experiment.py` made; the commands are listed per model)."
+               if args.report_only else f"(`make experiment`); {time.time() - t0:.0f} s wall for this invocation."),
+            "",
             f"Machine: {machine()}.", ""]
     if findings.is_file():
         head += [findings.read_text(encoding="utf-8").strip(), ""]
