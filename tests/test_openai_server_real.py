@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from lance_llm import models
-from lance_llm.backends.base import GenerateRequest, Sampling, ScoreRequest
+from lance_llm.backends.base import GenerateRequest, Sampling, ScoreRequest, common_prefix
 from lance_llm.backends.cache import CachedBackend
 from lance_llm.config import ReviewConfig, build_config
 from lance_llm.loop import backend_fingerprint, make_backend
@@ -109,7 +109,7 @@ def test_greedy_generation_is_deterministic_and_cached(server: Any, in_process: 
     assert cached.stats == {"hits": len(reqs), "misses": len(reqs)}
     local = in_process.generate(reqs)
     same = sum(a == b for a, b in zip(first, local, strict=True))
-    prefix = [_common_chars(a[0], b[0]) / max(len(b[0]), 1) for a, b in zip(first, local, strict=True)]
+    prefix = [common_prefix(a[0], b[0]) / max(len(b[0]), 1) for a, b in zip(first, local, strict=True)]
     print(f"\ngreedy exact match server vs in-process: {same}/{len(reqs)}; "
           f"shared leading characters: {[round(p, 2) for p in prefix]}")
     for a, b in zip(first, local, strict=True):
@@ -183,10 +183,3 @@ def _greedy_gaps(hf: Any, question: str, completion: str) -> list[float]:
     return [float(logp[p - 1].max() - logp[p - 1, ids[p]]) for p in range(start, len(ids))]
 
 
-def _common_chars(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

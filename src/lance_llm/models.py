@@ -30,6 +30,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .records import atomic_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -223,15 +225,9 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     if missing or unexpected:
         raise ModelError(f"{gguf}: weights did not map cleanly (missing {missing[:5]}, unexpected {unexpected[:5]})")
     plain.tie_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve(source: str, cache_dir: str | None = None) -> ResolvedModel:

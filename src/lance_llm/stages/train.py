@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..config import StepConfig, TrainConfig
+from ..records import atomic_dir
 
 log = logging.getLogger(__name__)
 # TRL still passes `gradient_checkpointing`; the rename warning is transformers' business, not the user's
@@ -145,17 +144,9 @@ def _save(trainer, tokenizer, out: Path) -> None:
         return
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _finish(trainer, tokenizer, out: Path, n: int, t0: float) -> TrainResult:
