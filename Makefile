@@ -49,11 +49,14 @@ test: setup serve browser
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-# Judge benchmark (issue 7): every review mode, both models, held-out test pairs; ~10 min per model
-# on 2 cores. Writes bench/judge_results.json and .md. The 0.5B model is opt-in (lance models pull).
+# Judge benchmark (issue 7): every review mode, both models, held-out test pairs (then the main job's
+# mode on all 505 of them); ~40 min on 2 cores. Writes bench/judge_results.json and .md. The 0.5B model is opt-in (lance models pull).
 bench-judge: setup
-	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model smollm2-135m --limit 200 --sampled-limit 12
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model smollm2-135m --limit 200 --sampled-limit 10
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model smollm2-135m --modes likelihood,expected --tag all
 	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model qwen2.5-coder-0.5b --limit 150 --sampled-limit 8
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model qwen2.5-coder-0.5b --modes likelihood,expected --tag all
+	$(BIN)/python bench/judge_reliability.py --table --derive-combined
 
 lint: setup
 	$(BIN)/ruff check src tests

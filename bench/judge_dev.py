@@ -4,6 +4,7 @@ mode and of each single criterion, per corruption kind. Chooses nothing by itsel
 the sampled judge), a difference inside the 95% interval going to the cheaper mode.
 
     flock /tmp/lance-cpu.lock python bench/judge_dev.py smollm2-135m --limit 120 --modes expected,criteria
+    flock /tmp/lance-cpu.lock python bench/judge_dev.py qwen2.5-coder-0.5b --limit 0 --modes likelihood
     python bench/judge_dev.py --analyze /tmp/judge/dev-smollm2-135m.json
 """
 
@@ -30,7 +31,7 @@ def collect(model: str, limit: int, modes: list[str], out: Path) -> None:
     from lance_llm.records import Sample
     from lance_llm.stages.review import review
 
-    pairs = select(load_pairs()[0], "dev", limit)
+    pairs = select(load_pairs()[0], "dev", limit or None)  # 0: every dev pair
     items: dict[str, Sample] = {}
     for p in pairs:
         for r in (p.gold, p.corrupted):
@@ -42,8 +43,9 @@ def collect(model: str, limit: int, modes: list[str], out: Path) -> None:
         t0 = time.perf_counter()
         done, _ = review(list(items.values()), backend, ReviewConfig(mode=mode), load("system"), 0)
         doc["seconds"][mode] = time.perf_counter() - t0
-        for s in done:  # criteria: the ten P(yes); other modes: the score
-            doc["items"].setdefault(s.id, {})[mode] = s.review.samples if mode == "criteria" else s.review.score
+        for s in done:  # criteria: the ten P(yes); likelihood: its three parts; other modes: the score
+            keep = s.review.samples if mode in ("criteria", "likelihood") else s.review.score
+            doc["items"].setdefault(s.id, {})[mode] = keep
     out.write_text(json.dumps(doc))
 
 
@@ -72,12 +74,24 @@ def analyze(path: Path) -> None:
             acc(lambda x, k=k: x["criteria"][k], f"criterion {k + 1}")
         if "expected" in first:
             acc(lambda x: (sum(x["criteria"]) + x["expected"]) / 2, "combined")
+    if "likelihood" in first:  # the weights of review.likelihood, over a grid (default marked *)
+        from lance_llm.config import LikelihoodConfig
+        from lance_llm.stages.review import likelihood_score
+
+        default = LikelihoodConfig()
+        for rel in (0.5, 1.0, 1.5):
+            # floor 0: log P(end) counted linearly (it is <= 0)
+            for comp, floor in ((0.15, 0.0), (0.25, 10.0), (0.5, 8.0), (0.5, 10.0), (0.5, 12.0), (1.0, 10.0)):
+                lk = LikelihoodConfig(relevance=rel, completeness=comp, end_floor=floor)
+                mark = "*" if lk == default else ""
+                name = f"lik r{rel} c{comp} f{floor:g}{mark}"
+                acc(lambda x, lk=lk: likelihood_score(x["likelihood"], lk), name)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?")
-    ap.add_argument("--limit", type=int, default=120)
+    ap.add_argument("--limit", type=int, default=120, help="dev pairs (0: all 213)")
     ap.add_argument("--modes", default="expected,criteria")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--analyze", type=Path, help="only print the accuracies of a stored file")

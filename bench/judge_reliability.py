@@ -1,8 +1,9 @@
 """Judge benchmark (issue 7): every review mode on every model, on the held-out test pairs.
 
-    flock /tmp/lance-cpu.lock python bench/judge_reliability.py --model smollm2-135m --limit 200 --sampled-limit 20
+    flock /tmp/lance-cpu.lock python bench/judge_reliability.py --model smollm2-135m --limit 200 --sampled-limit 10
     flock /tmp/lance-cpu.lock \
-        python bench/judge_reliability.py --model qwen2.5-coder-0.5b --limit 100 --sampled-limit 10
+        python bench/judge_reliability.py --model qwen2.5-coder-0.5b --limit 150 --sampled-limit 8
+    python bench/judge_reliability.py --model smollm2-135m --modes likelihood --tag all  # every test pair
     python bench/judge_reliability.py --table          # rewrite the Markdown table from the stored results
 
 Per model and mode: pairwise accuracy with its 95% interval, accuracy per corruption kind, parse
@@ -137,20 +138,21 @@ def _f(x: float | None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", default=[], help="model source (repeatable)")
-    ap.add_argument("--modes", default="expected,criteria,sampled", help="comma-separated review modes")
+    ap.add_argument("--modes", default="likelihood,expected,criteria,sampled", help="comma-separated review modes")
     ap.add_argument("--split", default="test", choices=["dev", "test"])
     ap.add_argument("--limit", type=int, help="pairs per mode (the first N of the split, seeded order)")
     ap.add_argument("--sampled-limit", type=int, default=20, help="pairs for the (costly) sampled judge")
     ap.add_argument("--samples", type=int, default=3, help="sampled judge: reviews per pair (method: 3)")
     ap.add_argument("--max-new", type=int, default=160, help="sampled judge: new tokens per review")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tag", default="", help="stored as MODEL/SPLIT/TAG (a second entry per model, e.g. `all`)")
     ap.add_argument("--table", action="store_true", help="only rewrite the Markdown table")
     ap.add_argument("--derive-combined", action="store_true",
                     help="add `combined` from stored expected + criteria scores where it was not run")
     args = ap.parse_args()
     doc = json.loads(args.out.read_text()) if args.out.exists() else {}
     for model in args.model:
-        def save(entry: dict, key: str = f"{model}/{args.split}") -> None:
+        def save(entry: dict, key: str = "/".join(filter(None, [model, args.split, args.tag]))) -> None:
             doc[key] = entry
             args.out.write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -426,8 +426,27 @@ def test_train_params_leave_out_the_launcher_keys_while_training_in_process() ->
     assert train_params(replace(TrainConfig(), method="lora")) != inproc
 
 
-def test_templates_hash_covers_only_the_templates_a_run_uses() -> None:
-    from lance_llm.prompts import CORE, CRITERIA, HERE, templates_hash
+def test_review_params_show_the_likelihood_weights_only_in_that_mode() -> None:
+    from dataclasses import replace
 
-    assert {p.stem for p in HERE.glob("*.txt")} == set(CORE + CRITERIA)  # a new template must be placed
+    from lance_llm.config import LikelihoodConfig, ReviewConfig
+    from lance_llm.loop import review_params
+
+    expected = ReviewConfig(mode="expected", scale="rank")
+    # what runs made before the likelihood judge recorded: the repr without that field
+    assert review_params(expected) == ("ReviewConfig(mode='expected', samples=3, scale='rank', sampling="
+                                       "SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=512))")
+    assert review_params(replace(expected, likelihood=LikelihoodConfig(fluency=2.0))) == review_params(expected)
+    lik = replace(expected, mode="likelihood")
+    assert "likelihood=LikelihoodConfig(fluency=1.0" in review_params(lik)
+    assert review_params(replace(lik, likelihood=LikelihoodConfig(completeness=0.3))) != review_params(lik)
+
+
+def test_templates_hash_covers_only_the_templates_a_run_uses() -> None:
+    from lance_llm.prompts import CORE, CRITERIA, HERE, MODE_TEMPLATES, templates_hash
+
+    placed = set(CORE).union(*MODE_TEMPLATES.values())
+    assert {p.stem for p in HERE.glob("*.txt")} == placed  # a new template must be placed
     assert templates_hash() == templates_hash(CORE) != templates_hash(CORE + CRITERIA)
+    own = templates_hash(CORE + MODE_TEMPLATES["likelihood"])
+    assert own not in (templates_hash(), templates_hash(CORE + CRITERIA))

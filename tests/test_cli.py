@@ -27,7 +27,7 @@ def test_config_prints_defaults_overridden_by_file_and_set(capsys: pytest.Captur
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["iterations"] == 3
     assert cfg["generate"]["threshold"] == 6.5
-    assert cfg["review"]["mode"] == "expected"  # from the file
+    assert cfg["review"]["mode"] == "likelihood"  # from the file
     assert cfg["annotate"]["pair_margin"] == 2.0  # the method's default
 
 

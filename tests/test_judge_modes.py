@@ -1,7 +1,8 @@
 """Judge modes with fakes (no model): the `criteria` mode asks the ten rubric criteria one by one
 and sums P(Yes); a criterion with no probability on Yes/No leaves the pair unscored (a parse
 failure, never 0); the question-only criteria are the same requests for every response to one
-instruction. And the HF backend's prefix plan: which tokens are shared, which are run per row.
+instruction. The `likelihood` mode's three components, its completeness hinge and its failures.
+And the HF backend's prefix plan: which tokens are shared, which are run per row.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ from collections.abc import Sequence
 from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
 from lance_llm.backends.hf import _prefix_plan
 from lance_llm.config import ReviewConfig
+from lance_llm.prompts import load
 from lance_llm.records import Sample
-from lance_llm.stages.review import CRITERION_ANSWERS, criteria, criteria_prompts, review, yes_probability
+from lance_llm.stages.review import (
+    CRITERION_ANSWERS,
+    criteria,
+    criteria_prompts,
+    likelihood_score,
+    review,
+    yes_probability,
+)
 
 
 class YesNoBackend(Backend):
@@ -108,3 +117,75 @@ def test_combined_mode_is_the_mean_of_expected_and_criteria() -> None:
     assert a.mode == "combined" and math.isclose(a.score, (6 + 5 * 0.2 + 5 * 0.9) / 2)
     assert a.samples == [6.0, 5.5]
     assert c.score is None and c.parse_failures == 1 and stats.unscored == 1
+
+
+class LikelihoodBackend(Backend):
+    """Fixed answers for the likelihood judge's three requests: mean log-probabilities after the
+    instruction and after the neutral one, log P(end); `broken` responses get -inf after the
+    instruction (a server whose top-k ran out)."""
+
+    fingerprint = "fake"
+
+    def __init__(self) -> None:
+        self.tokens = {"prompt": 0, "generated": 0}
+        self.requests: list[ScoreRequest] = []
+        self.TABLE = {"good": (-1.0, -2.5, -1.0), "echo": (-0.5, -3.0, -20.0), "offtopic": (-2.0, -1.9, -0.5),
+                      "broken": (-math.inf, -2.0, -1.0)}
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        raise AssertionError("likelihood mode must not generate")
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        self.requests.extend(requests)
+        out = []
+        for r in requests:
+            if r.end_of_turn:
+                assert r.continuations == ("",) and not r.per_token
+                out.append([self.TABLE[r.prefix][2]])
+            else:
+                assert r.per_token and r.prefix == "" and len(r.continuations) == 1
+                asked = r.messages[-1][1] != load("neutral_instruction")
+                out.append([self.TABLE[r.continuations[0]][0 if asked else 1]])
+        return out
+
+
+def test_likelihood_mode_components_hinge_and_failures() -> None:
+    samples = [Sample(k, "Q?", k) for k in ("good", "echo", "offtopic", "broken")] + [Sample("empty", "Q?", " ")]
+    backend = LikelihoodBackend()
+    cfg = ReviewConfig(mode="likelihood")
+    out, stats = review(samples, backend, cfg, "sys", seed=0)
+    good, echo, off, broken, empty = (s.review for s in out)
+    # samples: fluency, relevance (fluency minus the neutral prompt's), log P(end)
+    assert good.mode == "likelihood" and good.samples == [-1.0, 1.5, -1.0]
+    lk = cfg.likelihood
+    raw = -1.0 + 1.5 + 0.0  # log P(end) = -1 is above the floor: no completeness penalty
+    assert math.isclose(good.score, round(10 / (1 + math.exp(-(raw + lk.center))), 4))
+    assert math.isclose(good.score, round(likelihood_score([-1.0, 1.5, -1.0], lk), 4))
+    # a fluent echo of the question that never ends: relevance 2.5, but log P(end) = -20 costs
+    # 0.5 x (20 - 10) = 5 nats, so the complete answer wins
+    assert echo.samples == [-0.5, 2.5, -20.0] and echo.score < good.score
+    assert off.score < good.score  # relevance -0.1: the instruction does not explain it
+    assert broken.score is None and broken.parse_failures == 1  # not a 0
+    assert empty.score is None and empty.parse_failures == 1 and stats.unscored == 2  # nothing to read
+    assert all(0 <= r.score <= 10 for r in (good, echo, off))
+    # no system prompt: the question is how the model itself answers
+    assert all(m[0] != "system" for r in backend.requests for m in r.messages)
+    assert len(backend.requests) == 12
+
+
+def test_likelihood_score_is_monotone_and_bounded() -> None:
+    lk = ReviewConfig().likelihood
+    base = likelihood_score([-2.0, 0.5, -3.0], lk)
+    assert likelihood_score([-1.5, 0.5, -3.0], lk) > base  # more fluent
+    assert likelihood_score([-2.0, 0.9, -3.0], lk) > base  # more relevant
+    assert likelihood_score([-2.0, 0.5, -9.0], lk) == base  # still may end here: no penalty
+    assert likelihood_score([-2.0, 0.5, -15.0], lk) < base  # cut off
+    assert likelihood_score([-2000.0, 0.0, -1.0], lk) == 0.0 and likelihood_score([0.0, 50.0, 0.0], lk) <= 10
+
+
+def test_score_request_keys_of_plain_requests_are_unchanged() -> None:
+    plain = ScoreRequest((("user", "Q"),), "score: ", ("1", "2"))
+    assert plain.key() == {"kind": "score", "messages": [["user", "Q"]], "prefix": "score: ",
+                           "continuations": ["1", "2"]}  # cached calls of older runs still hit
+    assert ScoreRequest((("user", "Q"),), "", ("a",), per_token=True).key()["per_token"] is True
+    assert ScoreRequest((("user", "Q"),), "a", ("",), end_of_turn=True).key()["end_of_turn"] is True

@@ -157,3 +157,21 @@ def test_judge_reliability_with_fake_backends(pairs) -> None:
                             ReviewConfig(mode="sampled", samples=2), sub, "sys")
     hit = [p for p in sub if p.gold == garble or p.corrupted == garble]
     assert res["parse_failures"] == len(hit) and res["accuracy"] == 1.0
+
+
+def test_degraded_check_compares_each_degraded_answer_with_its_seed_answer() -> None:
+    from lance_llm.judge.reliability import degraded_check
+    from lance_llm.records import Review, Sample
+
+    def s(sid: str, raw: float | None, origin: str = "seed", parent: str | None = None) -> Sample:
+        review = Review("likelihood", None if raw is None else raw / 2, raw_score=raw)  # scores on the rank scale
+        return Sample(sid, "Q?", "A.", origin=origin, parent_id=parent, review=review)  # type: ignore[arg-type]
+
+    seed = [s("a", 8.0), s("b", 5.0), s("c", None)]
+    gen = [s("d1", 3.0, "degraded", "a"), s("d2", 5.0, "degraded", "b"), s("d3", 9.0, "degraded", "a"),
+           s("d4", 1.0, "degraded", "c"), s("d5", 1.0, "degraded", "gone"), s("n1", 0.0, "new", "a")]
+    r = degraded_check(seed, gen)
+    # raw scores: d1 below a (right), d2 ties b (wrong), d3 above a (wrong); an unscored seed answer
+    # or one not found is a failure, never a win; new answers are not degraded ones
+    assert (r["pairs"], r["right"], r["scored"], r["parse_failures"]) == (5, 1, 3, 2)
+    assert r["accuracy"] == round(1 / 3, 4)

@@ -1,6 +1,7 @@
 """Judge on the real embedded model (slow, ~20 s): the HF backend's shared-prefix KV cache gives
-the same log-probabilities as plain batches, and the main job's review mode (configs/default.yaml)
-scores every pair, the same alone or batched with others."""
+the same log-probabilities as plain batches; per-token and end-of-turn requests equal what plain
+requests give; the main job's review mode (configs/default.yaml) ranks gold answers above
+corrupted ones and scores every pair the same alone or batched with others."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lance_llm.backends import hf
-from lance_llm.backends.base import ScoreRequest
+from lance_llm.backends.base import ScoreRequest, score_targets
 from lance_llm.config import load_config
 from lance_llm.judge.pairs import JudgePair
 from lance_llm.judge.reliability import judge_reliability
@@ -44,20 +45,39 @@ def test_prefix_cache_matches_plain_batches(backend, monkeypatch) -> None:
         assert all(math.isclose(x, y, abs_tol=2e-3) for x, y in zip(a, b, strict=True)), (a, b)
 
 
-def test_default_mode_scores_every_pair_the_same_alone_or_batched(backend) -> None:
-    # SmolLM2's expected-score judge is at chance on off-topic answers (BENCHMARKS.md, "Judge
-    # (issue 7)": 0.43 on test), so "gold beats off-topic" is not asserted for it; what must hold
-    # is that the main job's judge scores every pair, on the 0-10 scale, and that a pair's score
-    # does not depend on which other pairs share its batch and prefix cache.
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")  # the main job's judge
-    items = [("What is the capital of France?", "The capital of France is Paris."),
-             ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
-             ("How many legs does a spider have?", "A spider has eight legs.")]
+def test_end_of_turn_and_per_token_requests_match_plain_ones(backend) -> None:
+    msgs = (("user", "Name a primary colour."),)
+    r = "Red is a primary colour."
+    assert backend.end_of_turn == "<|im_end|>"  # read off SmolLM2's chat template
+    whole, with_end = backend.score([ScoreRequest(msgs, "", (r, r + "<|im_end|>"))])[0]
+    [mean] = backend.score([ScoreRequest(msgs, "", (r,), per_token=True)])[0]
+    [end] = backend.score([ScoreRequest(msgs, r, ("",), end_of_turn=True)])[0]
+    [(full, start)] = score_targets(ScoreRequest(msgs, "", (r,)), backend.render(msgs), backend._ids, "")
+    assert len(full) - start > 3 and math.isclose(mean * (len(full) - start), whole, abs_tol=1e-3)
+    assert math.isclose(end, with_end - whole, abs_tol=1e-3) and -15 < end < 0
+
+
+ITEMS = [("What is the capital of France?", "The capital of France is Paris, which is also its largest city."),
+         ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
+         ("How many legs does a spider have?", "A spider has eight legs, while an insect has six.")]
+
+
+def test_default_mode_ranks_gold_first_the_same_alone_or_batched(backend) -> None:
+    # The main job's judge (configs/default.yaml: likelihood) on the real 135M model: each gold
+    # answer beats an off-topic passage, another question's answer and a cut-off copy of itself
+    # (the three failure kinds the rubric judge fell for); every pair scored on the 0-10 scale,
+    # and a pair's score does not depend on which other pairs share its batch and prefix cache.
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+    assert cfg.review.mode == "likelihood"
     off = "Tomatoes grow best in full sun with regular watering."
-    pairs = [JudgePair(f"t{i}/irrelevant", f"t{i}", "test", "irrelevant", q, a, off)
-             for i, (q, a) in enumerate(items)]
+    pairs = []
+    for i, (q, a) in enumerate(ITEMS):
+        pairs.append(JudgePair(f"t{i}/irrelevant", f"t{i}", "test", "irrelevant", q, a, off))
+        pairs.append(JudgePair(f"t{i}/other_task", f"t{i}", "test", "other_task", q, a, ITEMS[i - 1][1]))
+        pairs.append(JudgePair(f"t{i}/truncated", f"t{i}", "test", "truncated", q, a, " ".join(a.split()[:4])))
     res = judge_reliability(backend, cfg.review, pairs, load("system"))
-    assert res["parse_failures"] == 0 and res["pairs"] == 3
+    assert res["parse_failures"] == 0 and res["pairs"] == 9
+    assert res["accuracy"] == 1.0, res["scores"]
     alone = judge_reliability(backend, cfg.review, pairs[:1], load("system"))
     batched = res["scores"][pairs[0].id]
     assert all(0 <= x <= 10 for sc in res["scores"].values() for x in sc)

@@ -22,10 +22,11 @@ from lance_llm.stages.review import parse_score
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
-# The tiny config, plus a split threshold in the middle of SmolLM2's (compressed) expected-score
-# range so both branches run, and a zero pair margin so the few degraded answers form pairs.
+# The tiny config (the main job's likelihood judge, rank scale), plus a split threshold at the
+# seed's median so both branches run, and a zero pair margin so the few degraded answers form pairs.
+THRESHOLD = 5.0
 OVERRIDES = [
-    "generate.threshold=4.1",
+    f"generate.threshold={THRESHOLD}",
     "generate.n_degraded=4",
     "annotate.pair_margin=0.0",
     "annotate.sft_threshold=3.0",
@@ -49,7 +50,7 @@ def test_every_stage_file_has_its_schema(tiny_run: tuple) -> None:
     run_dir, summary, _ = tiny_run
     it = run_dir / "iter_01"
     seed = read_records(it / "seed_reviewed.jsonl", Sample)
-    assert len(seed) == 6 and all(s.review is not None and s.review.mode == "expected" for s in seed)
+    assert len(seed) == 6 and all(s.review is not None and s.review.mode == "likelihood" for s in seed)
     assert all(0 <= s.score <= 10 for s in seed)  # type: ignore[operator]
     generated = read_records(it / "generated.jsonl", Sample)
     seed_ids = {s.id for s in seed}
@@ -101,7 +102,7 @@ def test_pairs_respect_the_margin_and_come_from_high_seeds(tiny_run: tuple) -> N
     for p in pairs:
         assert p.score_chosen - p.score_rejected > 0.0
         assert scores[p.chosen_id] == p.score_chosen and scores[p.rejected_id] == p.score_rejected
-        assert scores[p.parent_id] > 4.1  # only high-quality seeds are degraded
+        assert scores[p.parent_id] > THRESHOLD  # only high-quality seeds are degraded
         assert p.prompt[0]["role"] == "system" and p.prompt[1]["role"] == "user"
 
 
@@ -131,7 +132,8 @@ def test_resume_recomputes_only_the_removed_stage_from_the_cache(tiny_run: tuple
     before = {s: manifest(run_dir, 1, s)["finished"] for s in ("review_seed", "generate", "clean", "annotate", "train")}
     (run_dir / "iter_01" / "reviewed.jsonl").unlink()
     again = run(load_config(ROOT / "configs" / "tiny.yaml", overrides))
-    assert again.llm_calls == {"hits": manifest(run_dir, 1, "review_generated")["stats"]["pairs"], "misses": 0}
+    # the likelihood judge asks three questions per pair, all answered by the cache
+    assert again.llm_calls == {"hits": 3 * manifest(run_dir, 1, "review_generated")["stats"]["pairs"], "misses": 0}
     after = {s: manifest(run_dir, 1, s)["finished"] for s in before}
     assert after == before  # upstream and downstream stages were not rerun
     assert (run_dir / "iter_01" / "reviewed.jsonl").exists()

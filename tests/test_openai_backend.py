@@ -100,10 +100,16 @@ def serve() -> Iterator[Callable[[Callable[[str, dict[str, Any], int], Reply]], 
 
 
 class FakeTok:
-    """Stands in for the checkpoint's tokenizer: only the chat template is used for scoring."""
+    """Stands in for the checkpoint's tokenizer: a chat template, one token per character."""
 
-    def apply_chat_template(self, chat: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
-        return "".join(f"<{m['role']}>{m['content']}\n" for m in chat) + "<assistant>"
+    def apply_chat_template(self, chat: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool = False
+                            ) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}" + ("<eot>" if m["role"] == "assistant" else "") + "\n"
+                       for m in chat)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def __call__(self, text: str, add_special_tokens: bool) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
 
 
 def chat_reply(texts: list[str]) -> dict[str, Any]:
@@ -229,6 +235,16 @@ def test_score_with_echo_sums_the_continuation_tokens(serve: Any) -> None:
     # rendered locally, prefix + continuation (calls run concurrently: any order)
     assert "<user>rate it\n<assistant>score: 10" in prompts and "<user>rate it\n<assistant>score: 7" in prompts
     assert b._method == "echo"
+
+
+def test_score_per_token_mean_and_end_of_turn_over_echo(serve: Any) -> None:
+    srv = serve(echo_server)
+    b = make(srv.url, score_method="echo")
+    [[mean], [end]] = b.score([ScoreRequest((("user", "q"),), "", ("abcd",), per_token=True),
+                               ScoreRequest((("user", "q"),), "abcd", ("",), end_of_turn=True)])
+    assert mean == pytest.approx(sum(map(char_logprob, "abcd")) / 4)  # 4 tokens by the local tokenizer
+    assert end == pytest.approx(sum(map(char_logprob, "<eot>")))  # the template's end marker, sent as text
+    assert "<user>q\n<assistant>abcd<eot>" in [s["prompt"] for s in srv.posts("/completions")]
 
 
 def test_score_echo_counts_a_token_that_straddles_the_prefix(serve: Any) -> None:

@@ -34,9 +34,10 @@ PLOTS_WITHOUT_EVAL = 5  # the curve; iteration 1: scores + margins; iteration 2:
 # generate, 4 planned but never started
 # --------------------------------------------------------------------------------------------
 def sample(sid: str, instruction: str, response: str, origin: str = "seed", raw: float | None = None,
-           t: int = 0) -> Sample:
+           t: int = 0, parent: str | None = None) -> Sample:
     review = None if raw is None else Review(mode="expected", score=raw * 2, samples=[raw], raw_score=raw)
-    return Sample(sid, instruction, response, origin=origin, iteration=t, review=review)  # type: ignore[arg-type]
+    return Sample(sid, instruction, response, origin=origin, iteration=t, review=review,  # type: ignore[arg-type]
+                  parent_id=parent)
 
 
 def manifest(folder: Path, stage: str, stats: dict, seconds: float) -> None:
@@ -65,8 +66,8 @@ GENERATED = [
     sample("g1", "Name three large rivers in Europe today.", "The Danube, the Rhine and the Volga are large.", "new"),
     sample("g2", "Name three large rivers in Europe today.", "Danube, Rhine, Volga, all of them in Europe.", "new"),
     sample("g3", "Explain why rivers meander across plains.", "Erosion on the outer bank and deposits inside.", "new"),
-    sample("g4", "Seed question number 0 about rivers?", "Rivers flow uphill.", "degraded"),
-    sample("g5", "Seed question number 1 about rivers?", "Rivers are made of sand.", "degraded"),
+    sample("g4", "Seed question number 3 about rivers?", "Rivers flow uphill.", "degraded", parent="seed-3"),
+    sample("g5", "Seed question number 1 about rivers?", "Rivers are made of sand.", "degraded", parent="seed-1"),
 ]
 
 
@@ -80,8 +81,8 @@ def write_iteration(root: Path, t: int, pairs: int) -> None:
     write_records(d / "generated.jsonl", GENERATED)
     write_records(d / "cleaned.jsonl", GENERATED[:4])
     write_records(d / "clean_dropped.jsonl", [{"id": "g5", "reason": "exact_duplicate"}])
-    write_records(d / "reviewed.jsonl", [sample(s.id, s.instruction, s.response, s.origin, raw=3.0 + i / 5, t=t)
-                                         for i, s in enumerate(GENERATED[:4])])
+    write_records(d / "reviewed.jsonl", [sample(s.id, s.instruction, s.response, s.origin, raw=3.0 + i / 5, t=t,
+                                                parent=s.parent_id) for i, s in enumerate(GENERATED[:4])])
     write_records(d / "sft_new.jsonl", [SFTExample(f"sft-{t}", chat_prompt(SYSTEM, f"Explain {SCRIPT} tags."),
                                                    [{"role": "assistant", "content": "Use <b>escaping</b> & care."}],
                                                    "generated", t, 8.5)])
@@ -299,7 +300,13 @@ def test_diversity_lengths() -> None:
 # --------------------------------------------------------------------------------------------
 # the browser renders it
 def test_report_judge_section(run_dir: Path) -> None:
-    assert "was not measured" in sections(write_report(run_dir).read_text(encoding="utf-8"))["judge"]
+    first = write_report(run_dir).read_text(encoding="utf-8")
+    assert "was not measured" in sections(first)["judge"]
+    # in the run itself: g4 (raw 3.6) was degraded from seed-3 (raw 3.8): scored below it, in
+    # iterations 1 and 2 (3 stopped before its review)
+    degraded = next(rows for _, rows in Page(first).tables if rows[0][0] == "iteration" and "95% CI" in rows[0])
+    assert degraded == [["iteration", "degraded answers", "scored below their seed answer", "95% CI", "unscored"],
+                        ["1", "1", "1.000", "0.206-1.000", "0"], ["2", "1", "1.000", "0.206-1.000", "0"]]
     kind = {"accuracy": 0.5}
     (run_dir / "judge.json").write_text(json.dumps({"model": "m", "split": "test", "results": {
         "criteria": {"pairs": 10, "accuracy": 0.9, "ci95": [0.6, 0.98], "parse_failure_rate": 0.0,

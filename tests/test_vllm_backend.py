@@ -22,8 +22,10 @@ from lance_llm.config import ConfigError, VLLMBackendConfig, build_config
 class FakeTokenizer:
     """Characters are tokens (ids = code points); the chat template is a fixed wrapper."""
 
-    def apply_chat_template(self, chat: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
-        return "".join(f"[{m['role']}]{m['content']}" for m in chat) + "[assistant]"
+    def apply_chat_template(self, chat: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool = False
+                            ) -> str:
+        text = "".join(f"[{m['role']}]{m['content']}" + ("<end>" if m["role"] == "assistant" else "") for m in chat)
+        return text + ("[assistant]" if add_generation_prompt else "")
 
     def __call__(self, text: str, add_special_tokens: bool) -> dict[str, list[int]]:
         return {"input_ids": [ord(c) for c in text]}
@@ -173,6 +175,18 @@ def test_score_sums_prompt_logprobs_of_the_continuation(fake_vllm: types.ModuleT
     prompts, params = FakeLLM.instances[-1].calls[-1]
     assert all(p.prompt_logprobs == 0 and p.max_tokens == 1 for p in params)
     assert [bytes(p["prompt_token_ids"][-2:]).decode() for p in prompts] == [" 7", "10"]
+
+
+def test_score_per_token_mean_and_end_of_turn(fake_vllm: types.ModuleType) -> None:
+    b = make(fake_vllm)
+
+    def lp(c: str) -> float:
+        return -((ord(c) % 5) + 1) / 10
+
+    [[mean]] = b.score([ScoreRequest((("user", "x"),), "", ("abc",), per_token=True)])
+    assert mean == pytest.approx(sum(map(lp, "abc")) / 3)
+    [[end]] = b.score([ScoreRequest((("user", "x"),), "abc", ("",), end_of_turn=True)])
+    assert b.end_of_turn == "<end>" and end == pytest.approx(sum(map(lp, "<end>")))  # read off the template
 
 
 def test_close_sleeps_then_tears_down_and_sleep_wake(fake_vllm: types.ModuleType) -> None:

@@ -3,7 +3,7 @@
     lance run configs/default.yaml --set iterations=1 --set review.mode=sampled
     lance config configs/default.yaml --set generate.threshold=6.5   # print the resolved config
     lance report runs/default [--out FILE]   # write the run's HTML report (default RUN_DIR/report.html)
-    lance judge smollm2-135m --mode expected --split test --limit 60   # judge reliability (JSON + Markdown)
+    lance judge smollm2-135m --mode likelihood --split test --limit 60   # judge reliability (JSON + Markdown)
     lance models list | lance models pull qwen2.5-coder-0.5b | lance models resolve PATH_OR_NAME
     lance eval runs/default --limit 100 --ifeval-limit 100   # held-out eval of base, M_0, M_1, ...
     lance export runs/default --format llamafactory|axolotl|hf [--out DIR] [--iteration N] [--push-to-hub REPO]
@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
+from .config import REVIEW_MODES
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_judge.add_argument("model", metavar="MODEL_OR_RUN",
                          help="built-in name, checkpoint dir, .gguf, hub id, or a run dir (its latest model)")
     _add_config_args(p_judge)
-    p_judge.add_argument("--mode", action="append", dest="modes", metavar="MODE",
+    p_judge.add_argument("--mode", action="append", dest="modes", choices=REVIEW_MODES,
                          help="review mode to measure (repeatable; default: the config's review.mode)")
     p_judge.add_argument("--split", choices=["dev", "test", "all"], default="test",
                          help="dev chooses defaults, test is for reported figures (default test)")

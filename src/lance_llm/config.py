@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -138,18 +138,37 @@ class SamplingConfig:
     max_new_tokens: int = 512
 
 
+ReviewMode = Literal["sampled", "expected", "criteria", "combined", "likelihood"]
+REVIEW_MODES: tuple[str, ...] = get_args(ReviewMode)
+
+
+@dataclass
+class LikelihoodConfig:
+    """Weights of the `likelihood` judge (stages/review.py), chosen on the judge pairs' dev split."""
+
+    fluency: float = 1.0  # mean log P(token | instruction) of the response
+    relevance: float = 1.0  # the same minus mean log P(token | a neutral instruction)
+    # min(0, log P(end of turn | instruction, response) + end_floor): no penalty while the reply
+    # may well end here (P >= e^-10); a reply cut mid-sentence sits near e^-20
+    completeness: float = 0.5
+    end_floor: float = 10.0
+    center: float = 2.5  # nats added before the squashing to 0-10 (ranks never change with it)
+
+
 @dataclass
 class ReviewConfig:
     # sampled: the method's free-text reviews; expected: E[score] after a forced `score: `;
     # criteria [ours]: the ten rubric criteria asked one by one, sum of P(yes); combined [ours]: the
-    # mean of expected and criteria (see stages/review.py)
-    mode: Literal["sampled", "expected", "criteria", "combined"] = "sampled"
+    # mean of expected and criteria; likelihood [ours]: the model's own probabilities of the
+    # response, with and without the instruction (see stages/review.py)
+    mode: ReviewMode = "sampled"
     samples: int = 3  # sampled mode: reviews per pair, averaged
     # [ours] how thresholds read scores. raw: the judge's 0-10 score (the method). rank: 10 x the
     # score's percentile among this iteration's reviewed seed, for judges whose scores crowd into a
     # narrow band (a 135M model's expected scores span ~3.6-4.5): V=7 then means "top 30%".
     scale: Literal["raw", "rank"] = "raw"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
 
 
 @dataclass

@@ -29,10 +29,10 @@ from typing import Any
 from . import launch, models
 from .backends.base import Backend
 from .backends.cache import CachedBackend
-from .config import Config, ConfigError, TrainConfig
+from .config import Config, ConfigError, ReviewConfig, TrainConfig
 from .funnel import funnel_markdown, funnel_row
 from .peakrss import PeakRSS
-from .prompts import CORE, CRITERIA, load, templates_hash
+from .prompts import CORE, MODE_TEMPLATES, load, templates_hash
 from .records import (
     PreferencePair,
     Sample,
@@ -60,14 +60,25 @@ class RunSummary:
     best: dict[str, Any] | None = None  # best iteration on the eval dev set, when eval.enabled
 
 
+def _repr_without(obj: Any, skip: set[str]) -> str:
+    """A config dataclass's repr (what a stage manifest records of it) without the fields in `skip`."""
+    shown = ", ".join(f"{f.name}={getattr(obj, f.name)!r}" for f in fields(obj) if f.name not in skip)
+    return f"{type(obj).__qualname__}({shown})"
+
+
 def train_params(train: TrainConfig) -> str:
     """What a train stage's manifest records of the training settings: the config's repr (as for
     every stage), without the launcher keys while training runs in this process. They only count
     when it does not (several processes change the effective batch), so runs made before the keys
     existed, or with them unset, resume without retraining."""
-    skip = {"launcher", "accelerate_config", "num_processes"} if train.launcher == "inprocess" else set()
-    shown = ", ".join(f"{f.name}={getattr(train, f.name)!r}" for f in fields(train) if f.name not in skip)
-    return f"{type(train).__qualname__}({shown})"
+    return _repr_without(train, {"launcher", "accelerate_config", "num_processes"} if train.launcher == "inprocess"
+                         else set())
+
+
+def review_params(review: ReviewConfig) -> str:
+    """The review settings a manifest records: the likelihood judge's weights only in that mode
+    (runs made before they existed, in another mode, resume without reviewing again)."""
+    return _repr_without(review, set() if review.mode == "likelihood" else {"likelihood"})
 
 
 def make_backend(cfg: Config, model_path: Path, fingerprint: str) -> Backend:
@@ -126,7 +137,7 @@ class Runner:
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
         self.calls = {"hits": 0, "misses": 0}
         self.system = ""
-        self.templates = CORE + (CRITERIA if cfg.review.mode in ("criteria", "combined") else ())
+        self.templates = CORE + MODE_TEMPLATES.get(cfg.review.mode, ())
 
     # -- stage plumbing --------------------------------------------------------------------
     def stage(self, t: int, name: str, inputs: dict[str, Path], params: dict[str, Any], outputs: list[str],
@@ -254,8 +265,8 @@ class Runner:
             write_records(rd.path(t, "seed_reviewed.jsonl"), seed)
             return {**st.to_dict(), "seed": len(seed), "already_reviewed": len(seed) - len(todo)}
 
-        stats["review_seed"] = self.stage(t, "review_seed", {"seed": prev_seed}, {**P, "review": cfg.review},
-                                          ["seed_reviewed.jsonl"],
+        stats["review_seed"] = self.stage(t, "review_seed", {"seed": prev_seed},
+                                          {**P, "review": review_params(cfg.review)}, ["seed_reviewed.jsonl"],
                                           lambda: self._llm_stage(backend, review_seed))
 
         def gen() -> dict[str, Any]:
@@ -305,7 +316,7 @@ class Runner:
 
         stats["review_generated"] = self.stage(t, "review_generated", {"cleaned": rd.path(t, "cleaned.jsonl"),
                                                                              "seed": rd.path(t, "seed_reviewed.jsonl")},
-                                               {**P, "review": cfg.review}, ["reviewed.jsonl"],
+                                               {**P, "review": review_params(cfg.review)}, ["reviewed.jsonl"],
                                                lambda: self._llm_stage(backend, review_gen))
         backend.close()
 

@@ -39,9 +39,11 @@ class Review:
     `score` is None when no reply parsed: an unscored pair is never selected or paired.
     """
 
-    mode: str  # "sampled" or "expected"
+    mode: str  # review.mode: sampled, expected, criteria, combined or likelihood
     score: float | None
-    samples: list[float | None] = field(default_factory=list)  # one per judge reply; None = failed
+    # per mode: one per judge reply (None = failed); criteria: P(yes) of each criterion;
+    # combined: (expected, criteria); likelihood: (fluency, relevance, log P(end)) in nats
+    samples: list[float | None] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)  # raw judge text (sampled mode)
     parse_failures: int = 0
     raw_score: float | None = None  # the judge's own score when `score` was rank-scaled

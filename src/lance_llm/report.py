@@ -30,6 +30,7 @@ import yaml
 
 from .drift import MAX_ROUGE_TEXTS, diversity, drift_markdown, drift_rows, generated_groups
 from .funnel import COLUMNS
+from .judge.reliability import degraded_check, raw_score
 from .records import PreferencePair, Sample, SFTExample, atomic_write_text, read_records
 from .rundir import RunDirError
 
@@ -147,12 +148,6 @@ class Run:
         return row if isinstance(row, dict) else None
 
 
-def _judge_score(s: Sample) -> float | None:
-    if s.review is None:
-        return None
-    return s.review.raw_score if s.review.raw_score is not None else s.review.score
-
-
 # -- the parts of the page -------------------------------------------------------------------
 def header(run: Run) -> str:
     base = run.meta.get("base_model") or {}
@@ -262,7 +257,7 @@ def score_histogram(run: Run, t: int) -> str:
     raw = any(s.review is not None and s.review.raw_score is not None for g in groups.values() for s in g)
     scale = ("the judge's raw score (before rank scaling)" if raw
              else f"the judge's score (review.scale={run.conf('review.scale') or 'raw'})")
-    values = {k: [x for x in map(_judge_score, g) if x is not None] for k, g in groups.items()}
+    values = {k: [x for x in map(raw_score, g) if x is not None] for k, g in groups.items()}
     note = (f'<p class="muted">Scale: {esc(scale)}, review.mode={esc(run.conf("review.mode"))}. '
             f"Scored: {len(values['seed'])} seed, {len(values['generated'])} generated"
             + ("; generated candidates: not reached" if gen is None else "") + ".</p>")
@@ -397,11 +392,30 @@ def evaluation(run: Run) -> str:
     return table + _png(draw, "evaluation scores per iteration", (7.0, 3.2))
 
 
+def degraded_table(run: Run) -> str:
+    """Per iteration: did the run's own judge score each degraded answer below its seed answer?"""
+    rows = []
+    for t in run.iterations:
+        seed, gen = run.records(t, "seed_reviewed.jsonl", Sample), run.records(t, "reviewed.jsonl", Sample)
+        if seed is None or gen is None:
+            continue
+        r = degraded_check(seed, gen)
+        ci = r["ci95"] or [None, None]
+        rows.append([str(t), fmt(r["pairs"]), fmt(r["accuracy"]), f"{fmt(ci[0])}-{fmt(ci[1])}",
+                     fmt(r["parse_failures"])])
+    if not rows:
+        return "<p>No iteration has reviewed generated data yet.</p>"
+    return (_table(["iteration", "degraded answers", "scored below their seed answer", "95% CI", "unscored"], rows)
+            + '<p class="muted">No labels needed: the loop asked the model for deliberately worse answers to its best '
+            "seed items; a judge that can be trusted scores each below the seed answer it was made from (raw "
+            "scores; ties count as wrong).</p>")
+
+
 def judge(run: Run) -> str:
     """Judge reliability (issue 7): RUN_DIR/judge.json, written by `lance judge RUN_DIR`."""
     path = run.root / "judge.json"
     if not path.is_file():
-        return "<p>Judge reliability was not measured (run <code>lance judge RUN_DIR</code>).</p>"
+        return "<p>Judge reliability on labelled pairs was not measured (run <code>lance judge RUN_DIR</code>).</p>"
     doc = json.loads(path.read_text(encoding="utf-8"))
     results = doc.get("results") or {}
     kinds = list(dict.fromkeys(k for r in results.values() for k in r.get("per_kind", {})))
@@ -434,7 +448,7 @@ def render(run_dir: Path) -> str:
         _guard(stage_table, run, 0, ["prepare"] if run.conf("train.m0_sft") is False else ["prepare", "train"]),
         *(iteration(run, t) for t in run.iterations),
         '<h2 id="evaluation">Evaluation</h2>', _guard(evaluation, run),
-        '<h2 id="judge">Judge reliability</h2>', _guard(judge, run),
+        '<h2 id="judge">Judge reliability</h2>', _guard(degraded_table, run), _guard(judge, run),
     ]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>LANCE run report: {esc(run_dir.name)}</title><style>{CSS}</style></head>"

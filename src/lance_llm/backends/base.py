@@ -2,6 +2,7 @@
 
     generate(requests) -> for each request, `n` sampled completions (strings)
     score(requests)    -> for each request, the log-probability of each given continuation
+                          (or its mean per token, or with the chat's end-of-turn marker after it)
 
 Stages only see this interface; transformers, vLLM or an OpenAI-compatible server sit behind it.
 A request is a plain, hashable value so the durable cache can key on it.
@@ -12,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 Message = tuple[str, str]  # (role, content)
 
@@ -44,19 +46,27 @@ class ScoreRequest:
 
     The chat is rendered with the generation prompt, then `prefix` is appended as the start of
     the assistant's reply (e.g. "score: "), so the judge can be read in one forward pass.
+    `end_of_turn`: each continuation is followed by the chat template's end-of-turn marker
+    (`<|im_end|>` for ChatML), whose log-probability counts too; with an empty continuation that
+    is log P(the reply ends here). `per_token`: the mean log-probability per token, not the sum.
     """
 
     messages: tuple[Message, ...]
     prefix: str
     continuations: tuple[str, ...]
+    end_of_turn: bool = False
+    per_token: bool = False
 
     def key(self) -> dict:
-        return {
+        key = {
             "kind": "score",
             "messages": [list(m) for m in self.messages],
             "prefix": self.prefix,
             "continuations": list(self.continuations),
         }
+        # only when set, so the cache keys of plain requests stay what they were
+        key.update({k: True for k in ("end_of_turn", "per_token") if getattr(self, k)})
+        return key
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -67,6 +77,40 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def end_of_turn_text(tok: Any) -> str:
+    """The text a chat template puts after an assistant reply (`<|im_end|>`, `<|eot_id|>`), read
+    off the template itself; the tokenizer's eos token where the template adds nothing."""
+    probe = "\x1fLANCE-REPLY\x1f"
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+    text = tok.apply_chat_template(chat, tokenize=False)
+    tail = text.split(probe, 1)[1].strip() if probe in text else ""
+    return tail or (tok.eos_token or "")
+
+
+def score_targets(req: ScoreRequest, base_text: str, ids: Callable[[str], list[int]], end: str
+                  ) -> list[tuple[list[int], int]]:
+    """For each continuation of `req` (its prompt already rendered as `base_text`, `end` the
+    end-of-turn text where `req.end_of_turn`): the full token sequence and where the
+    continuation's own tokens start. Tokenising prefix and continuation together (not
+    separately) keeps BPE merges honest; the first token that differs from the prefix's counts
+    as the continuation's."""
+    base = ids(base_text)
+    out = []
+    for c in req.continuations:
+        full = ids(base_text + c + end)
+        start = common_prefix(base, full)
+        if start == 0 or start >= len(full):
+            raise ValueError(f"continuation {c!r} adds no token after the prefix")
+        out.append((full, start))
+    return out
+
+
+def reduce_logprobs(values: Sequence[float], per_token: bool) -> float:
+    """A continuation's score from its tokens' log-probabilities: the sum, or the mean per token."""
+    total = sum(values)
+    return total / len(values) if per_token else total
 
 
 def request_hash(fingerprint: str, request: GenerateRequest | ScoreRequest) -> str:

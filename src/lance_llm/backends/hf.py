@@ -20,7 +20,9 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import inspect
 import itertools
 import logging
 from collections.abc import Sequence
@@ -28,7 +30,16 @@ from pathlib import Path
 
 import torch
 
-from .base import Backend, GenerateRequest, Message, ScoreRequest, common_prefix
+from .base import (
+    Backend,
+    GenerateRequest,
+    Message,
+    ScoreRequest,
+    common_prefix,
+    end_of_turn_text,
+    reduce_logprobs,
+    score_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +94,19 @@ class HFBackend(Backend):
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tok.eos_token_id)
+        # the KV cache argument (and output field) is `cache` in recent transformers 5.x, which
+        # warns on `past_key_values` and drops it in 5.40 (inside our range); older 5.x only know that
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         log.info("loaded %s (%s, %s)", path, self.dtype, self.device)
 
     # -- prompts ---------------------------------------------------------------------------
     def render(self, messages: Sequence[Message]) -> str:
         chat = [{"role": r, "content": c} for r, c in messages]
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    @functools.cached_property
+    def end_of_turn(self) -> str:
+        return end_of_turn_text(self.tok)
 
     def _ids(self, text: str) -> list[int]:
         # the chat template already carries any special tokens the model needs
@@ -143,7 +161,7 @@ class HFBackend(Backend):
         ids, mask = self._left_pad(prompts)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache},
                             use_cache=True, logits_to_keep=1).logits[:, -1]
         self.tokens["prompt"] += int(mask.sum())
         # share each prompt's prefill across its sample rows
@@ -171,7 +189,7 @@ class HFBackend(Backend):
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
             last = last + 1
             logits = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=last[:, None],
-                                past_key_values=cache, use_cache=True).logits[:, -1]
+                                **{self._cache_kw: cache}, use_cache=True).logits[:, -1]
         self.tokens["generated"] += sum(len(t) for t in new)  # up to and including end-of-sequence
         texts = [self.tok.decode(t, skip_special_tokens=True).strip() for t in new]
         grouped: list[list[str]] = [[] for _ in prompts]
@@ -194,20 +212,12 @@ class HFBackend(Backend):
     @torch.inference_mode()
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         # For each continuation: its full token sequence and where its own tokens start.
-        # Tokenising prefix+continuation together (not separately) keeps BPE merges honest.
         targets: list[list[tuple[list[int], int]]] = []
         inputs: list[list[int]] = []  # distinct forward inputs, longest first after pruning
         for req in requests:
-            base_text = self.render(req.messages) + req.prefix
-            base = self._ids(base_text)
-            conts = []
-            for c in req.continuations:
-                full = self._ids(base_text + c)
-                start = common_prefix(base, full)
-                if start == 0 or start >= len(full):
-                    raise ValueError(f"continuation {c!r} adds no token after the prefix")
-                conts.append((full, start))
-                inputs.append(full[:-1])
+            conts = score_targets(req, self.render(req.messages) + req.prefix, self._ids,
+                                  self.end_of_turn if req.end_of_turn else "")
+            inputs.extend(full[:-1] for full, _ in conts)
             targets.append(conts)
         # an input that is a prefix of another input is covered by the longer one's logits
         unique = sorted({tuple(x) for x in inputs}, key=len, reverse=True)
@@ -215,36 +225,42 @@ class HFBackend(Backend):
         for u in unique:
             if not any(k[: len(u)] == u for k in kept):
                 kept.append(u)
-        # which kept row serves each continuation, and the earliest position each row must expose
-        earliest = [len(k) for k in kept]
+        # which kept row serves each continuation, and the tokens each row must give at each position
+        needs: list[dict[int, set[int]]] = [{} for _ in kept]
         plan: list[list[tuple[int, list[int], int]]] = []
         for conts in targets:
             rows = []
             for full, start in conts:
                 need = tuple(full[:-1])
                 row = next(i for i, k in enumerate(kept) if k[: len(need)] == need)
-                earliest[row] = min(earliest[row], start - 1)
+                for p in range(start, len(full)):
+                    needs[row].setdefault(p - 1, set()).add(full[p])
                 rows.append((row, full, start))
             plan.append(rows)
-        logps = self._logprobs_at([list(k) for k in kept], earliest)
+        logps = self._logprobs_at([list(k) for k in kept], needs)
         return [
-            [sum(logps[row][p - 1][full[p]] for p in range(start, len(full))) for row, full, start in rows]
-            for rows in plan
+            [reduce_logprobs([logps[row][p - 1][full[p]] for p in range(start, len(full))], req.per_token)
+             for row, full, start in rows]
+            for req, rows in zip(requests, plan, strict=True)
         ]
 
-    def _logprobs_at(self, seqs: list[list[int]], earliest: list[int]) -> list[dict[int, _LazyRow]]:
-        """For each sequence, log-softmax rows from position `earliest[i]` to its end.
+    def _logprobs_at(self, seqs: list[list[int]], needs: list[dict[int, set[int]]]
+                     ) -> list[dict[int, dict[int, float]]]:
+        """For each sequence, {position: {token: log P(token | the sequence up to position)}} for
+        the (position, token) pairs in `needs`.
 
-        Only the final positions are needed (the continuation), so the full-vocabulary
-        log-softmax is computed for those alone: the whole sequence would cost GBs of logits.
+        Only the final positions are needed (the continuation), so logits are computed for those
+        alone, and only the needed tokens' log-probabilities are kept: whole-vocabulary rows
+        would cost GBs for long continuations (the likelihood judge scores whole responses).
         A token prefix shared by all sequences (chat template + system prompt + rubric) is run
         once and its KV cache reused; sequences sharing a longer prefix among themselves (the
         per-criterion questions about one response) reuse that one too. See `_prefix_plan`.
         """
-        out: list[dict[int, _LazyRow]] = [{} for _ in seqs]
+        out: list[dict[int, dict[int, float]]] = [{} for _ in seqs]
+        earliest = [min(n) for n in needs]
         shared, clusters = _prefix_plan(seqs, earliest, SHARED_MIN)
         if shared == 0:
-            self._run(None, 0, list(range(len(seqs))), seqs, earliest, out)
+            self._run(None, 0, list(range(len(seqs))), seqs, needs, out)
             return out
         base = self._extend(None, seqs[0][:shared])
         singles: list[int] = []
@@ -252,8 +268,8 @@ class HFBackend(Backend):
             if plen == shared:
                 singles.extend(members)
             else:
-                self._run(self._extend(base, seqs[members[0]][shared:plen]), plen, members, seqs, earliest, out)
-        self._run(base, shared, singles, seqs, earliest, out)
+                self._run(self._extend(base, seqs[members[0]][shared:plen]), plen, members, seqs, needs, out)
+        self._run(base, shared, singles, seqs, needs, out)
         return out
 
     def _extend(self, cache, ids: list[int]):
@@ -264,11 +280,11 @@ class HFBackend(Backend):
         mask = torch.ones(1, past + len(ids), dtype=torch.long, device=self.device)
         self.tokens["prompt"] += len(ids)
         res = self.model(input_ids=x, attention_mask=mask, position_ids=pos,
-                         past_key_values=copy.deepcopy(cache), use_cache=True, logits_to_keep=1)
-        return res.past_key_values
+                         **{self._cache_kw: copy.deepcopy(cache)}, use_cache=True, logits_to_keep=1)
+        return res[self._cache_kw]
 
-    def _run(self, cache, plen: int, members: list[int], seqs: list[list[int]], earliest: list[int],
-             out: list[dict[int, _LazyRow]]) -> None:
+    def _run(self, cache, plen: int, members: list[int], seqs: list[list[int]], needs: list[dict[int, set[int]]],
+             out: list[dict[int, dict[int, float]]]) -> None:
         """Forward the suffixes `seqs[i][plen:]` after the shared KV `cache` (None: no prefix) in
         length-sorted batches; left padding sits between the prefix and each suffix, masked."""
         order = sorted(members, key=lambda i: len(seqs[i]))
@@ -276,7 +292,7 @@ class HFBackend(Backend):
             batch = order[start : start + self.batch_size]
             ids, smask = self._left_pad([seqs[i][plen:] for i in batch])
             self.tokens["prompt"] += int(smask.sum())
-            keep = max(len(seqs[i]) - earliest[i] for i in batch)
+            keep = max(len(seqs[i]) - min(needs[i]) for i in batch)
             pos = plen + (smask.cumsum(-1) - 1).clamp(min=0)
             kwargs: dict = {}
             if cache is not None:
@@ -285,29 +301,20 @@ class HFBackend(Backend):
                     kv.batch_repeat_interleave(len(batch))
                 ones = torch.ones(len(batch), plen, dtype=smask.dtype, device=self.device)
                 smask = torch.cat([ones, smask], dim=1)
-                kwargs = {"past_key_values": kv, "use_cache": True}
+                kwargs = {self._cache_kw: kv, "use_cache": True}
             logits = self.model(input_ids=ids, attention_mask=smask, position_ids=pos, logits_to_keep=keep,
                                 **kwargs).logits
-            lp = torch.log_softmax(logits.float(), dim=-1)
+            norm = torch.logsumexp(logits.float(), dim=-1)  # (batch, keep)
             for b, i in enumerate(batch):
                 n = len(seqs[i])
-                for p in range(earliest[i], n):
-                    out[i][p] = _LazyRow(lp[b, keep - (n - p)])
+                for p, toks in needs[i].items():
+                    at = keep - (n - p)
+                    out[i][p] = {t: float(logits[b, at, t].float() - norm[b, at]) for t in toks}
 
     def close(self) -> None:
         del self.model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-class _LazyRow:
-    """A log-prob row, indexed by token id (avoids converting 49k floats to a dict)."""
-
-    def __init__(self, row: torch.Tensor) -> None:
-        self.row = row
-
-    def __getitem__(self, token: int) -> float:
-        return float(self.row[token])
 
 
 # a shared prefix shorter than this is not worth a separate forward pass and cache copies

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -51,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, GenerateRequest, Message, ScoreRequest
+from .base import Backend, GenerateRequest, Message, ScoreRequest, end_of_turn_text, score_targets
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,25 @@ class OpenAIBackend(Backend):
         chat = [{"role": r, "content": c} for r, c in messages]
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
+    @functools.cached_property
+    def end_of_turn(self) -> str:
+        return end_of_turn_text(self.tok)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        jobs = [(self.render(r.messages) + r.prefix, c) for r in requests for c in r.continuations]
+        # the server scores the text; a per-token mean divides by the local tokenizer's count (the
+        # checkpoint's own, so the server's too); the end-of-turn marker is sent as text, which
+        # llama.cpp and vLLM servers read as the special token
+        jobs: list[tuple[str, str]] = []
+        counts: list[int] = []
+        for r in requests:
+            base = self.render(r.messages) + r.prefix
+            end = self.end_of_turn if r.end_of_turn else ""
+            jobs.extend((base, c + end) for c in r.continuations)
+            counts.extend([len(full) - start for full, start in score_targets(r, base, self._ids, end)]
+                          if r.per_token else [1] * len(r.continuations))
         if jobs and self._method is None:
             self._method = self._probe(*jobs[0])
         if self._method == "echo":
@@ -200,6 +218,7 @@ class OpenAIBackend(Backend):
         else:
             memo: dict[str, dict[str, float]] = {}
             flat = [self._walk_logprob(base, cont, memo) for base, cont in jobs]
+        flat = [v / n for v, n in zip(flat, counts, strict=True)]
         out, i = [], 0
         for r in requests:
             out.append(flat[i : i + len(r.continuations)])

@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
 import logging
@@ -35,7 +36,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, GenerateRequest, Message, ScoreRequest, common_prefix
+from .base import (
+    Backend,
+    GenerateRequest,
+    Message,
+    ScoreRequest,
+    end_of_turn_text,
+    reduce_logprobs,
+    score_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +202,10 @@ class VLLMBackend(Backend):
         chat = [{"role": r, "content": c} for r, c in messages]
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
+    @functools.cached_property
+    def end_of_turn(self) -> str:
+        return end_of_turn_text(self.tok)
+
     def _ids(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
@@ -217,20 +230,17 @@ class VLLMBackend(Backend):
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         jobs: list[Job] = []
         starts: list[int] = []
+        per_token: list[bool] = []
         for req in requests:
-            base_text = self.render(req.messages) + req.prefix
-            base = self._ids(base_text)
-            for c in req.continuations:
-                full = self._ids(base_text + c)
-                start = common_prefix(base, full)
-                if start == 0 or start >= len(full):
-                    raise ValueError(f"continuation {c!r} adds no token after the prefix")
+            for full, start in score_targets(req, self.render(req.messages) + req.prefix, self._ids,
+                                             self.end_of_turn if req.end_of_turn else ""):
                 jobs.append((full, dict(max_tokens=1, temperature=0.0, prompt_logprobs=0)))
                 starts.append(start)
+                per_token.append(req.per_token)
         flat = []
-        for (full, _), start, res in zip(jobs, starts, self._run(jobs), strict=True):
+        for (full, _), start, mean, res in zip(jobs, starts, per_token, self._run(jobs), strict=True):
             self.tokens["prompt"] += len(full)
-            flat.append(sum(res["prompt_logprobs"][p] for p in range(start, len(full))))
+            flat.append(reduce_logprobs([res["prompt_logprobs"][p] for p in range(start, len(full))], mean))
         result, i = [], 0
         for req in requests:
             result.append(flat[i : i + len(req.continuations)])

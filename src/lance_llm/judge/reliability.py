@@ -88,6 +88,23 @@ def agreement(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
     return {"pairs": len(both), "agreement": round(same / len(both), 4) if both else None}
 
 
+def raw_score(s: Sample) -> Score:
+    """The judge's own score of `s` (before any rank scaling); None when unreviewed or unscored."""
+    if s.review is None:
+        return None
+    return s.review.raw_score if s.review.raw_score is not None else s.review.score
+
+
+def degraded_check(seed: Sequence[Sample], generated: Sequence[Sample]) -> dict[str, Any]:
+    """A check inside a run, with no labelled data: the loop asks the model for deliberately worse
+    answers to its best seed items (`degraded`), so its judge should score each one below the seed
+    answer it was made from. Outcomes as for labelled pairs (the seed answer plays gold), on the
+    degraded answers that survived cleaning, by raw score."""
+    by_id = {s.id: raw_score(s) for s in seed}
+    return _summary([outcome(by_id.get(g.parent_id or ""), raw_score(g)) for g in generated
+                     if g.origin == "degraded"])
+
+
 def _sid(instruction: str, response: str) -> str:
     return "j-" + hashlib.sha256(f"{instruction}\x1f{response}".encode()).hexdigest()[:16]
 

@@ -25,9 +25,10 @@ def load(name: str) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-#: the templates every run uses; the criteria ones only count for review.mode criteria | combined
+#: the templates every run uses; a review mode's own ones count only for that mode
 CORE = ("system", "review", "new_instruction", "degrade_response")
 CRITERIA = ("criteria", "criterion_question", "criterion_response")
+MODE_TEMPLATES = {"criteria": CRITERIA, "combined": CRITERIA, "likelihood": ("neutral_instruction",)}
 
 
 def templates_hash(names: tuple[str, ...] = CORE) -> str:

@@ -2,7 +2,7 @@
 
 Reads `Sample`s, returns the same samples with a `Review` attached (new objects; inputs untouched).
 
-Two modes (config `review.mode`):
+The modes (config `review.mode`):
 - `sampled` (the method's way): `samples` free-text reviews per pair, each parsed for
   `score: <0-10>`; the pair's score is the mean of the replies that parsed. A pair none of whose
   replies parse has no score: a counted parse failure, never a 0.
@@ -16,6 +16,17 @@ Two modes (config `review.mode`):
   scores them once; the ten prompts share their opening, which HFBackend runs once.
 - `combined` [ours]: the mean of the `expected` and `criteria` scores (both 0-10); unscored when
   either is. On SmolLM2 the two err on different corruption kinds (BENCHMARKS.md).
+- `likelihood` [ours]: no rubric prompt; the model's own probabilities of the response, in nats:
+  fluency = mean log P(token | instruction) (shuffled, garbled or wrong text is improbable),
+  relevance = fluency - mean log P(token | a neutral instruction) (how much the instruction
+  explains the answer: another task's answer or an off-topic passage gains nothing from it),
+  completeness = min(0, log P(end of turn | instruction, response) + 10) (a cut-off answer does
+  not end; one that may end is not penalised, so a short echo of the question cannot win on it).
+  raw = weighted sum (`review.likelihood`, weights chosen on the judge pairs' dev split), score
+  = 10 * sigmoid(raw + center): 0-10, monotone in raw. It does not read the constitution, so its
+  0-10 is no rubric count: use `review.scale: rank`. Three scored sequences per pair (the first
+  and the third share one forward pass), no generation; far more accurate than the rubric modes
+  on small models (BENCHMARKS.md, "Judge"). An empty response is unscored, not scored.
 
     reviewed, stats = review(samples, backend, cfg.review, system_prompt, seed=0)
 """
@@ -29,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..backends.base import Backend, GenerateRequest, Sampling, ScoreRequest
-from ..config import ReviewConfig
+from ..config import LikelihoodConfig, ReviewConfig
 from ..prompts import load, render
 from ..records import Review, Sample, stable_int
 
@@ -151,13 +162,15 @@ def review(
         reviews = _expected(samples, backend, prompts)
     elif cfg.mode == "criteria":
         reviews = _criteria(samples, backend, system)
+    elif cfg.mode == "likelihood":
+        reviews = _likelihood(samples, backend, cfg.likelihood)
     elif cfg.mode == "combined":
         reviews = []
         for e, c in zip(_expected(samples, backend, prompts), _criteria(samples, backend, system), strict=True):
             ok = e.score is not None and c.score is not None
             reviews.append(Review(mode="combined", score=round((e.score + c.score) / 2, 4) if ok else None,
                                   samples=[e.score, c.score], parse_failures=0 if ok else 1))
-    else:
+    elif cfg.mode == "sampled":
         sp = cfg.sampling
         reqs = [
             GenerateRequest(p, Sampling(sp.temperature, sp.top_p, sp.max_new_tokens, cfg.samples,
@@ -171,6 +184,8 @@ def review(
             reviews.append(Review(mode="sampled", score=round(sum(ok) / len(ok), 4) if ok else None,
                                   samples=parsed, replies=list(replies),
                                   parse_failures=len(parsed) - len(ok)))
+    else:
+        raise ValueError(f"unknown review.mode {cfg.mode!r}")
     result = []
     for s, r in zip(samples, reviews, strict=True):
         stats.replies += len(r.samples)
@@ -206,4 +221,39 @@ def _criteria(samples: Sequence[Sample], backend: Backend, system: str) -> list[
             reviews.append(Review(mode="criteria", score=round(sum(probs), 4), samples=[round(p, 4) for p in probs]))
         else:
             reviews.append(Review(mode="criteria", score=None, samples=[None], parse_failures=1))
+    return reviews
+
+
+def likelihood_requests(instruction: str, response: str) -> list[ScoreRequest]:
+    """The three numbers the likelihood judge reads: the response's mean log-probability after its
+    instruction and after a neutral one, and the log-probability that the reply ends after it.
+    The chat carries no system prompt: the question is how the model itself would answer."""
+    asked = (("user", instruction),)
+    return [ScoreRequest(asked, "", (response,), per_token=True),
+            ScoreRequest((("user", load("neutral_instruction")),), "", (response,), per_token=True),
+            ScoreRequest(asked, response, ("",), end_of_turn=True)]
+
+
+def likelihood_score(parts: Sequence[float], cfg: LikelihoodConfig) -> float:
+    """0-10 from (fluency, relevance, log P(end)), monotone in their weighted sum."""
+    fluency, relevance, end = parts
+    raw = cfg.fluency * fluency + cfg.relevance * relevance + cfg.completeness * min(0.0, end + cfg.end_floor)
+    return 10 / (1 + math.exp(-(raw + cfg.center))) if raw + cfg.center > -700 else 0.0
+
+
+def _likelihood(samples: Sequence[Sample], backend: Backend, cfg: LikelihoodConfig) -> list[Review]:
+    # an empty response has no tokens to read: it stays unscored (a counted failure, not a 0)
+    scorable = [k for k, s in enumerate(samples) if s.response.strip()]
+    reqs = [r for k in scorable for r in likelihood_requests(samples[k].instruction, samples[k].response)]
+    out = backend.score(reqs)
+    read = {k: [lp[0] for lp in out[3 * i : 3 * i + 3]] for i, k in enumerate(scorable)}
+    reviews = []
+    for k in range(len(samples)):
+        asked, neutral, end = read.get(k, (math.nan,) * 3)
+        parts = [asked, asked - neutral, end]
+        if all(math.isfinite(x) for x in parts):
+            reviews.append(Review(mode="likelihood", score=round(likelihood_score(parts, cfg), 4),
+                                  samples=[round(x, 4) for x in parts]))
+        else:  # a backend that could not score some part (a server's top-k ran out): not a 0
+            reviews.append(Review(mode="likelihood", score=None, samples=[None], parse_failures=1))
     return reviews
