@@ -111,6 +111,9 @@ class FakeTok:
     def __call__(self, text: str, add_special_tokens: bool) -> dict[str, list[int]]:
         return {"input_ids": [ord(c) for c in text]}
 
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(map(chr, ids))
+
 
 def chat_reply(texts: list[str]) -> dict[str, Any]:
     return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",

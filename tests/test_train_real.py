@@ -53,3 +53,22 @@ def test_lora_sft_then_dpo_merges_into_a_plain_checkpoint(tmp_path: Path) -> Non
     assert all(not torch.equal(s[k], d[k]) for k in targeted)
     untouched = [k for k in base if k not in targeted]
     assert all(torch.equal(base[k], s[k]) for k in untouched)  # LoRA leaves the rest frozen
+
+
+def test_sft_leaves_out_examples_whose_prompt_fills_max_length(tmp_path: Path) -> None:
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from lance_llm.stages.train import _trainable
+
+    tok = AutoTokenizer.from_pretrained(str(models.resolve("smollm2-135m").path))
+    rows = [{"id": "short", "prompt": chat_prompt(SYSTEM, "What is 2 plus 2?"), "completion": assistant("4.")},
+            {"id": "long", "prompt": chat_prompt(SYSTEM, "Count: " + " ".join(["one two three"] * 40)),
+             "completion": assistant("Done.")}]
+    ds = load_dataset("json", data_files=str(_write(tmp_path / "sft.jsonl", rows)), split="train")
+    kept, too_long = _trainable(ds, tok, 64, "sft.jsonl")
+    assert kept["id"] == ["short"] and too_long == 1  # packing would cut "long" before its completion
+    kept, too_long = _trainable(ds, tok, 1024, "sft.jsonl")
+    assert kept["id"] == ["short", "long"] and too_long == 0
+    with pytest.raises(ValueError, match=r"raise train\.sft\.max_length"):
+        _trainable(ds, tok, 8, "sft.jsonl")

@@ -135,7 +135,8 @@ def _launch(kind: str, model_path: Path, data: str | Path, out: Path, cfg: Train
     res = json.loads(result.read_text())
     job.unlink(missing_ok=True)
     result.unlink(missing_ok=True)
-    return TrainResult(Path(res["path"]), res["steps"], res["examples"], res["loss"], res["seconds"])
+    return TrainResult(Path(res["path"]), res["steps"], res["examples"], res["loss"], res["seconds"],
+                       res.get("too_long", 0))
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -200,24 +200,31 @@ class OpenAIBackend(Backend):
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        # the server scores the text; a per-token mean divides by the local tokenizer's count (the
-        # checkpoint's own, so the server's too); the end-of-turn marker is sent as text, which
-        # llama.cpp and vLLM servers read as the special token
-        jobs: list[tuple[str, str]] = []
+        # The server scores text. Whole responses (the likelihood judge: per-token means, the
+        # end-of-turn marker) go through echo under `auto`: the top-k walk would cost a call per
+        # token and lose any token outside the top k. The end-of-turn marker is sent as text, which
+        # llama.cpp and vLLM servers read as the special token; token counts and the tokens the
+        # echo must end with come from the local tokenizer (the checkpoint's own).
+        jobs: list[tuple[str, str, list[str]]] = []
         counts: list[int] = []
+        whole = any(r.per_token or r.end_of_turn for r in requests)
         for r in requests:
             base = self.render(r.messages) + r.prefix
             end = self.end_of_turn if r.end_of_turn else ""
-            jobs.extend((base, c + end) for c in r.continuations)
-            counts.extend([len(full) - start for full, start in score_targets(r, base, self._ids, end)]
-                          if r.per_token else [1] * len(r.continuations))
-        if jobs and self._method is None:
-            self._method = self._probe(*jobs[0])
-        if self._method == "echo":
+            targets = score_targets(r, base, self._ids, end) if whole else [([], 0)] * len(r.continuations)
+            for c, (full, start) in zip(r.continuations, targets, strict=True):
+                jobs.append((base, c + end, [self.tok.decode([t], skip_special_tokens=True) for t in full[start:]]))
+                counts.append(len(full) - start if r.per_token else 1)
+        method = self._method
+        if whole and self.cfg.score_method == "auto":
+            method = "echo"
+        elif jobs and method is None:
+            method = self._method = self._probe(*jobs[0][:2])
+        if method == "echo":
             flat = self._map(lambda job: self._echo_logprob(*job), jobs)
         else:
             memo: dict[str, dict[str, float]] = {}
-            flat = [self._walk_logprob(base, cont, memo) for base, cont in jobs]
+            flat = [self._walk_logprob(base, cont, memo) for base, cont, _ in jobs]
         flat = [v / n for v, n in zip(flat, counts, strict=True)]
         out, i = [], 0
         for r in requests:
@@ -247,7 +254,7 @@ class OpenAIBackend(Backend):
             "with logprobs (llama-cpp-python and vLLM servers have it); use review.mode=sampled with this server."
         )
 
-    def _echo_logprob(self, base: str, cont: str) -> float:
+    def _echo_logprob(self, base: str, cont: str, pieces: Sequence[str] = ()) -> float:
         # max_tokens=1: some servers read 0 as "no limit"; the generated token is dropped below
         resp = self.client.completions.create(model=self.model, prompt=base + cont, max_tokens=1, temperature=0.0,
                                               echo=True, logprobs=1)
@@ -263,6 +270,14 @@ class OpenAIBackend(Backend):
         generated = int(getattr(resp.usage, "completion_tokens", 1) or 0) if resp.usage is not None else 1
         tokens = list(lp.tokens[: len(lp.tokens) - generated])
         values = list(lp.token_logprobs[: len(tokens)])
+        n = len(pieces)
+        if 0 < n < len(tokens) and tokens[-n:] == list(pieces):
+            # the prompt ends with the continuation's tokens as the local tokenizer makes them (a
+            # special token such as the end-of-turn marker echoes as empty text, so text alone
+            # cannot find it)
+            if any(v is None for v in values[-n:]):
+                raise ScoringUnsupportedError("no log-probability for a continuation token")
+            return sum(values[-n:])
         total, text, i = 0.0, "", len(tokens)
         while len(text) < len(cont) and i > 1:
             i -= 1

@@ -38,10 +38,11 @@ class TrainResult:
     examples: int
     loss: float | None
     seconds: float
+    too_long: int = 0  # SFT examples left out: their prompt alone fills max_length (see _trainable)
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "steps": self.steps, "examples": self.examples,
-                "loss": self.loss, "seconds": round(self.seconds, 2)}
+                "loss": self.loss, "seconds": round(self.seconds, 2), "too_long": self.too_long}
 
 
 def _use_bf16(setting: str) -> bool:
@@ -149,7 +150,27 @@ def _save(trainer, tokenizer, out: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def _finish(trainer, tokenizer, out: Path, n: int, t0: float) -> TrainResult:
+def _trainable(ds, tok, max_length: int, data: str | Path):
+    """`ds` without the prompt-completion examples whose prompt alone has `max_length` tokens or
+    more, and how many those were. Packing cuts every example at max_length, so such an example
+    keeps none of its completion (the only tokens with a loss): a step made of them trains on
+    nothing (loss 0, no parameter moves), which is how the 256-token test config once trained
+    on ~500-token review examples. They are counted in the stage's stats, not silently lost."""
+    def prompt_tokens(ex: dict) -> int:
+        text = tok.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    keep = [i for i, ex in enumerate(ds) if prompt_tokens(ex) < max_length]
+    if not keep:
+        raise ValueError(f"{data}: the prompt of every SFT example has >= {max_length} tokens, so none would "
+                         "train; raise train.sft.max_length")
+    if len(keep) < len(ds):
+        log.warning("%s: %d of %d SFT examples left out: their prompt alone fills max_length=%d",
+                    data, len(ds) - len(keep), len(ds), max_length)
+    return ds.select(keep), len(ds) - len(keep)
+
+
+def _finish(trainer, tokenizer, out: Path, n: int, t0: float, too_long: int = 0) -> TrainResult:
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     _save(trainer, tokenizer, out)
@@ -157,7 +178,7 @@ def _finish(trainer, tokenizer, out: Path, n: int, t0: float) -> TrainResult:
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # Trainer scratch (save_strategy="no")
         with (out / "train_log.json").open("w") as fh:
             json.dump(state.log_history, fh, indent=1)
-    return TrainResult(out, state.global_step, n, losses[-1] if losses else None, time.time() - t0)
+    return TrainResult(out, state.global_step, n, losses[-1] if losses else None, time.time() - t0, too_long)
 
 
 def train_sft(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int,
@@ -167,13 +188,13 @@ def train_sft(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, s
     from trl import SFTTrainer
 
     t0 = time.time()
-    ds = _dataset(data)
     tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    ds, too_long = _trainable(_dataset(data), tok, cfg.sft.max_length, data)
     args = sft_args(cfg, out.parent / f".{out.name}.work", seed)
     trainer = SFTTrainer(model=_load_model(model_path, trust_remote_code), args=args, train_dataset=ds,
                          processing_class=tok, peft_config=_peft(cfg))
     trainer.train()
-    return _finish(trainer, tok, out, len(ds), t0)
+    return _finish(trainer, tok, out, len(ds), t0, too_long)
 
 
 def train_dpo(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int,
