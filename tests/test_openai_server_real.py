@@ -190,9 +190,10 @@ def test_likelihood_judge_over_echo_agrees_with_in_process(server: Any, in_proce
     # (the top-20 walk would cost a call per token), per-token means by the local tokenizer's
     # count, and the end-of-turn marker sent as text, which llama.cpp must read as the special
     # token (it echoes as empty text); read as plain text ("<", "|", "im", ...) its
-    # log-probability would be tens of nats off. Measured: parts within 0.29 nats.
+    # log-probability would be tens of nats off. Measured: parts within 0.29 nats on all 4 pairs.
+    # two pairs: llama-cpp-python spends ~2 s per echoed prompt building its log-probabilities
     samples = [Sample(id=f"{i}{kind}", instruction=q, response=r, origin="seed")
-               for i, (q, good, bad) in enumerate(PAIRS) for kind, r in (("g", good), ("b", bad))]
+               for i, (q, good, bad) in enumerate(PAIRS[:2]) for kind, r in (("g", good), ("b", bad))]
     cfg = ReviewConfig(mode="likelihood")
     remote, rstats = review(samples, server, cfg, SYSTEM, seed=0)
     local, _ = review(samples, in_process, cfg, SYSTEM, seed=0)

@@ -400,9 +400,8 @@ def degraded_table(run: Run) -> str:
         if seed is None or gen is None:
             continue
         r = degraded_check(seed, gen)
-        ci = r["ci95"] or [None, None]
-        rows.append([str(t), fmt(r["pairs"]), fmt(r["accuracy"]), f"{fmt(ci[0])}-{fmt(ci[1])}",
-                     fmt(r["parse_failures"])])
+        ci = f"{fmt(r['ci95'][0])}-{fmt(r['ci95'][1])}" if r["ci95"] else fmt(None)
+        rows.append([str(t), fmt(r["pairs"]), fmt(r["accuracy"]), ci, fmt(r["parse_failures"])])
     if not rows:
         return "<p>No iteration has reviewed generated data yet.</p>"
     return (_table(["iteration", "degraded answers", "scored below their seed answer", "95% CI", "unscored"], rows)
