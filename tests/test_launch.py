@@ -18,11 +18,9 @@ import torch
 
 from lance_llm import launch, models
 from lance_llm.config import ConfigError, StepConfig, TrainConfig, load_config
-from lance_llm.records import assistant, chat_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
-SYSTEM = "You are a helpful assistant."
 
 
 @pytest.mark.parametrize(("name", "kind"), [("cpu_gloo", "MULTI_GPU"), ("ddp", "MULTI_GPU"), ("fsdp", "FSDP"),
@@ -78,25 +76,6 @@ def test_launcher_keys_in_config() -> None:
         load_config(None, ["train.launcher=torchrun"])
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def _data(tmp_path: Path) -> tuple[Path, Path]:
-    sft = _write(tmp_path / "sft.jsonl", [
-        {"id": f"s{i}", "prompt": chat_prompt(SYSTEM, f"What is {i} plus {i}?"),
-         "completion": assistant(f"{i} plus {i} is {2 * i}."), "source": "seed", "iteration": 0, "score": None}
-        for i in range(4)])
-    dpo = _write(tmp_path / "dpo.jsonl", [
-        {"id": f"p{i}", "prompt": chat_prompt(SYSTEM, f"What is {i} plus {i}?"),
-         "chosen": assistant(f"{i} plus {i} is {2 * i}."), "rejected": assistant(f"{i} plus {i} is {2 * i + 3}."),
-         "parent_id": "x", "chosen_id": "c", "rejected_id": "r", "score_chosen": 9.0, "score_rejected": 2.0,
-         "iteration": 1}
-        for i in range(4)])
-    return sft, dpo
-
-
 def _cfg() -> TrainConfig:
     # batch 1 per process x 2 processes: each step sees 2 examples, so 2 steps cover the 4 examples
     return TrainConfig(launcher="accelerate", accelerate_config=str(CONFIGS / "cpu_gloo.yaml"), bf16="false",
@@ -118,12 +97,13 @@ def _workers(job: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_sft_then_dpo_and_resume_after_a_kill(tmp_path: Path) -> None:
+def test_two_cpu_processes_train_sft_then_dpo_and_resume_after_a_kill(tmp_path: Path,
+                                                                   train_data: tuple[Path, Path]) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     base_path = models.resolve("smollm2-135m").path
-    sft, dpo = _data(tmp_path)
+    sft, dpo = train_data
     cfg = _cfg()
     out_sft = tmp_path / "model_sft"
 

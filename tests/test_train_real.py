@@ -3,7 +3,6 @@ checkpoint with the base's tensor names. (Full fine-tuning is covered by test_lo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,30 +11,16 @@ from safetensors.torch import load_file
 
 from lance_llm import models
 from lance_llm.config import LoraConfig, StepConfig, TrainConfig
-from lance_llm.records import assistant, chat_prompt
+from lance_llm.records import assistant, chat_prompt, write_records
 from lance_llm.stages.train import train_dpo, train_sft
 
 pytestmark = pytest.mark.slow
 SYSTEM = "You are a helpful assistant."
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def test_lora_sft_then_dpo_merges_into_a_plain_checkpoint(tmp_path: Path) -> None:
+def test_lora_sft_then_dpo_merges_into_a_plain_checkpoint(tmp_path: Path, train_data: tuple[Path, Path]) -> None:
     base_path = models.resolve("smollm2-135m").path
-    sft = _write(tmp_path / "sft.jsonl", [
-        {"id": f"s{i}", "prompt": chat_prompt(SYSTEM, f"What is {i} plus {i}?"),
-         "completion": assistant(f"{i} plus {i} is {2 * i}."), "source": "seed", "iteration": 0, "score": None}
-        for i in range(4)])
-    dpo = _write(tmp_path / "dpo.jsonl", [
-        {"id": f"p{i}", "prompt": chat_prompt(SYSTEM, f"What is {i} plus {i}?"),
-         "chosen": assistant(f"{i} plus {i} is {2 * i}."), "rejected": assistant(f"{i} plus {i} is {2 * i + 3}."),
-         "parent_id": "x", "chosen_id": "c", "rejected_id": "r", "score_chosen": 9.0, "score_rejected": 2.0,
-         "iteration": 1}
-        for i in range(4)])
+    sft, dpo = train_data
     cfg = TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
                       sft=StepConfig(max_steps=2, learning_rate=1e-3, max_length=128),
                       dpo=StepConfig(max_steps=1, learning_rate=1e-3, max_length=128))
@@ -65,7 +50,8 @@ def test_sft_leaves_out_examples_whose_prompt_fills_max_length(tmp_path: Path) -
     rows = [{"id": "short", "prompt": chat_prompt(SYSTEM, "What is 2 plus 2?"), "completion": assistant("4.")},
             {"id": "long", "prompt": chat_prompt(SYSTEM, "Count: " + " ".join(["one two three"] * 40)),
              "completion": assistant("Done.")}]
-    ds = load_dataset("json", data_files=str(_write(tmp_path / "sft.jsonl", rows)), split="train")
+    write_records(tmp_path / "sft.jsonl", rows)
+    ds = load_dataset("json", data_files=str(tmp_path / "sft.jsonl"), split="train")
     kept, too_long = _trainable(ds, tok, 64, "sft.jsonl")
     assert kept["id"] == ["short"] and too_long == 1  # packing would cut "long" before its completion
     kept, too_long = _trainable(ds, tok, 1024, "sft.jsonl")
