@@ -156,17 +156,16 @@ def review(
     stats = ReviewStats(pairs=len(samples))
     if not samples:
         return [], stats
-    prompts = [((("system", system), ("user", review_prompt(s.instruction, s.response)))) for s in samples]
     reviews: list[Review]
     if cfg.mode == "expected":
-        reviews = _expected(samples, backend, prompts)
+        reviews = _expected(samples, backend, system)
     elif cfg.mode == "criteria":
         reviews = _criteria(samples, backend, system)
     elif cfg.mode == "likelihood":
         reviews = _likelihood(samples, backend, cfg.likelihood)
     elif cfg.mode == "combined":
         reviews = []
-        for e, c in zip(_expected(samples, backend, prompts), _criteria(samples, backend, system), strict=True):
+        for e, c in zip(_expected(samples, backend, system), _criteria(samples, backend, system), strict=True):
             ok = e.score is not None and c.score is not None
             reviews.append(Review(mode="combined", score=round((e.score + c.score) / 2, 4) if ok else None,
                                   samples=[e.score, c.score], parse_failures=0 if ok else 1))
@@ -175,7 +174,7 @@ def review(
         reqs = [
             GenerateRequest(p, Sampling(sp.temperature, sp.top_p, sp.max_new_tokens, cfg.samples,
                                         stable_int(seed, "review", s.id)))
-            for p, s in zip(prompts, samples, strict=True)
+            for p, s in zip(_review_chats(samples, system), samples, strict=True)
         ]
         reviews = []
         for replies in backend.generate(reqs):
@@ -198,8 +197,13 @@ def review(
     return result, stats
 
 
-def _expected(samples: Sequence[Sample], backend: Backend, prompts: list) -> list[Review]:
-    out = backend.score([ScoreRequest(p, SCORE_PREFIX, SCORE_TOKENS) for p in prompts])
+def _review_chats(samples: Sequence[Sample], system: str) -> list[tuple]:
+    """The rubric review prompt of each sample, as chat messages (the sampled and expected modes)."""
+    return [(("system", system), ("user", review_prompt(s.instruction, s.response))) for s in samples]
+
+
+def _expected(samples: Sequence[Sample], backend: Backend, system: str) -> list[Review]:
+    out = backend.score([ScoreRequest(p, SCORE_PREFIX, SCORE_TOKENS) for p in _review_chats(samples, system)])
     reviews = []
     for lp in out:
         value = expected_score(lp)
