@@ -21,6 +21,8 @@ from .common import ROOT, Timer, command
 def run(args: argparse.Namespace) -> list[dict]:
     from lance_llm.config import load_config
     from lance_llm.loop import run as run_loop
+    from lance_llm.rundir import RunDir
+    from lance_llm.stages import ITERATION
 
     tmp = Path(tempfile.mkdtemp(prefix="lance-bench-iter-"))
     # the default config names the IFEval prompts relative to the main checkout; point at them here
@@ -31,10 +33,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     cfg = load_config(ROOT / "configs" / "default.yaml", overrides)
     with Timer() as t:
         run_loop(cfg, echo=lambda s: None)
-    stages = {}
-    for m in sorted((tmp / "run" / "iter_01").glob("*.manifest.json"), key=lambda p: p.stat().st_mtime):
-        d = json.loads(m.read_text())
-        stages[d["stage"]] = {"seconds": d["seconds"], **d.get("resources", {})}
+    stages, rd = {}, RunDir(tmp / "run")
+    for stage in ITERATION:
+        if (d := rd.manifest(1, stage.name)) is not None:
+            stages[stage.name] = {"seconds": d["seconds"], **d.get("resources", {})}
     shutil.rmtree(tmp, ignore_errors=True)
     return [{
         "metric": f"one full iteration, {args.seeds} seeds, embedded model", "unit": "s",

@@ -25,8 +25,8 @@ from lance_llm.judge.reliability import _sid
 
 def collect(model: str, limit: int, modes: list[str], out: Path) -> None:
     from lance_llm import models
+    from lance_llm.backends import make_backend
     from lance_llm.config import Config, ReviewConfig
-    from lance_llm.loop import make_backend
     from lance_llm.prompts import load
     from lance_llm.records import Sample
     from lance_llm.stages.review import review

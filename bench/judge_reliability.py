@@ -41,7 +41,7 @@ def measure(model: str, modes: list[str], split: str, limit: int | None, sampled
             samples: int, max_new: int, save=lambda entry: None) -> dict:
     """One model, every mode; `save(entry)` after each mode, so a timeout keeps what was done."""
     from lance_llm import models
-    from lance_llm.loop import make_backend
+    from lance_llm.backends import make_backend
     from lance_llm.prompts import load
 
     cfg = Config()

@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lance_llm.drift import drift_markdown, drift_rows  # noqa: E402
 from lance_llm.judge.pairs import KINDS  # noqa: E402
+from lance_llm.rundir import RunDir  # noqa: E402
+from lance_llm.stages import ITERATION, PREPARE  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/experiment-qwen.yaml", "configs/experiment-smollm2.yaml"]
 
@@ -75,20 +77,19 @@ def step(cmd: list[str], log: Path) -> float:
 
 def stage_seconds(run_dir: Path) -> dict[str, float]:
     """Seconds spent per stage kind, summed over iterations, from the stage manifests."""
-    out: dict[str, float] = {}
-    for m in sorted(run_dir.glob("iter_*/*.manifest.json")):
-        data = json.loads(m.read_text(encoding="utf-8"))
-        name = m.name.removesuffix(".manifest.json")
-        out[name] = out.get(name, 0.0) + float(data.get("seconds") or 0.0)
+    rd, out = RunDir(run_dir), {}
+    for t in rd.iterations():
+        for stage in (PREPARE if t == 0 else ITERATION):
+            if (m := rd.manifest(t, stage.name)) is not None:
+                out[stage.name] = out.get(stage.name, 0.0) + float(m.get("seconds") or 0.0)
     return out
 
 
 def checkpoints(cfg: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
     """(label, model source) of base, M_0 (when trained) and every M_t of the run."""
     out = [("base", str(cfg["model"]["source"]))]
-    for d in sorted(run_dir.glob("iter_[0-9][0-9]/model")):
-        if (d / "config.json").is_file():
-            out.append((f"M_{int(d.parent.name[5:])}", str(d.relative_to(ROOT))))
+    for t, d in RunDir(run_dir).finished_models():
+        out.append((f"M_{t}", str(d.relative_to(ROOT))))
     return out
 
 
@@ -141,7 +142,8 @@ def section(config: str, args: argparse.Namespace, log: Path) -> str:
         parts += ["Compute time per stage (summed over iterations, from the stage manifests): "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + f"; total {sum(secs.values()):.0f} s.", ""]
     parts += ["### Judge reliability", "", judge_table(run_dir), ""]
-    for title, path in (("Evaluation", run_dir / "eval" / "results.md"), ("Funnel", run_dir / "funnel.md")):
+    rd = RunDir(run_dir)
+    for title, path in (("Evaluation", rd.eval_dir / "results.md"), ("Funnel", rd.funnel_md)):
         parts += [f"### {title}", "", path.read_text(encoding="utf-8").strip() if path.is_file()
                   else f"(missing: {path.relative_to(ROOT)})", ""]
     parts += ["### Diversity and drift", "", drift_markdown(drift_rows(run_dir)), ""]

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from lance_llm.backends.cache import cache_counts
+from lance_llm.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 # data artifacts that must match the reference; manifests, funnels and trainer logs carry times
@@ -62,8 +63,8 @@ def run_to_end(run_dir: Path, extra: list[str], log: Path, timeout: float) -> tu
 
 
 def artifacts(run_dir: Path) -> dict[str, str]:
-    out = {}
-    for it in sorted(run_dir.glob("iter_*")):
+    out, rd = {}, RunDir(run_dir)
+    for it in map(rd.iter_dir, rd.iterations()):
         for pattern in ARTIFACTS:
             for p in sorted(it.glob(pattern)):
                 out[str(p.relative_to(run_dir))] = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -87,7 +88,7 @@ def trial(i: int, work: Path, extra: list[str], reference: dict[str, str], ref_s
     rc, seconds = run_to_end(run_dir, extra, log, timeout)
     got = artifacts(run_dir) if rc == 0 else {}
     diff = sorted(k for k in set(reference) | set(got) if reference.get(k) != got.get(k))
-    cache = run_dir / "cache.sqlite"
+    cache = RunDir(run_dir).cache
     counts = cache_counts(cache) if cache.exists() else {"calls": 0, "repeated": 0}
     ok = rc == 0 and not diff and counts["repeated"] <= chunk * len(killed_at)
     return {"trial": i, "ok": ok, "exit": rc, "killed_at_s": killed_at, "resume_s": round(seconds, 1),

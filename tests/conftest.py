@@ -1,14 +1,180 @@
-"""Fixtures shared by test files."""
+"""Fixtures and fakes shared by test files: the one scripted backend, its factory, the fake trainer,
+a fake base checkpoint, and a tiny SFT/DPO set. Import the classes with `from conftest import ...`.
+
+ScriptedBackend answers from functions of the request (so a test says what the "model" does);
+ScriptedFactory hands ScriptedBackends to the loop; FakeTrainer writes a checkpoint whose weights
+are a hash of what it was given (a new fingerprint per step, deterministically); `lance_script`
+is a scripted model that plays the whole LANCE loop (review, new instructions, answers, degraded
+answers), so the loop runs in seconds without a model.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
+import re
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from lance_llm.records import assistant, chat_prompt, write_records
+from lance_llm import models
+from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
+from lance_llm.config import Config
+from lance_llm.records import assistant, atomic_dir, chat_prompt, write_records
+from lance_llm.stages.train import TrainResult
 
 SYSTEM = "You are a helpful assistant."
+
+
+class ScriptedBackend(Backend):
+    """Deterministic backend: `gen(request)` gives the request's `n` replies, `score(request)` one
+    log-probability per continuation; every call is recorded; the `fail_on_call`-th generate call
+    raises (a crash in flight)."""
+
+    def __init__(self, gen: Callable[[GenerateRequest], Sequence[str]] | None = None,
+                 score: Callable[[ScoreRequest], Sequence[float]] | None = None, fingerprint: str = "scripted",
+                 fail_on_call: int | None = None) -> None:
+        self._gen, self._score, self.fail_on_call = gen, score, fail_on_call
+        self.fingerprint = fingerprint
+        self.tokens = {"prompt": 0, "generated": 0}
+        self.generate_calls: list[list[GenerateRequest]] = []
+        self.score_calls: list[list[ScoreRequest]] = []
+        self.closed = False
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        self.generate_calls.append(list(requests))
+        if self.fail_on_call is not None and len(self.generate_calls) == self.fail_on_call:
+            raise RuntimeError("simulated crash")
+        if self._gen is None:
+            raise AssertionError("generate was not expected")
+        out = []
+        for r in requests:
+            replies = list(self._gen(r))
+            assert len(replies) == r.sampling.n, "a script must return exactly n replies"
+            self.tokens["generated"] += sum(len(x.split()) for x in replies)
+            out.append(replies)
+        return out
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        self.score_calls.append(list(requests))
+        if self._score is None:
+            raise AssertionError("score was not expected")
+        self.tokens["prompt"] += len(requests)
+        return [list(self._score(r)) for r in requests]
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def generated_requests(self) -> list[GenerateRequest]:
+        return [r for call in self.generate_calls for r in call]
+
+    @property
+    def scored_requests(self) -> list[ScoreRequest]:
+        return [r for call in self.score_calls for r in call]
+
+
+class ScriptedFactory:
+    """The loop's backend factory for tests: ScriptedBackends made by `make()`, fingerprinted by the
+    checkpoint they stand for; remembers every backend it built."""
+
+    def __init__(self, make: Callable[[], ScriptedBackend]) -> None:
+        self.make = make
+        self.built: list[ScriptedBackend] = []
+
+    def fingerprint(self, cfg: Config, model_path: Path) -> str:
+        return f"scripted:{models.fingerprint(model_path)}|dtype={cfg.model.dtype}"
+
+    def __call__(self, cfg: object, model_path: Path, fingerprint: str) -> ScriptedBackend:
+        backend = self.make()
+        backend.fingerprint = fingerprint
+        self.built.append(backend)
+        return backend
+
+
+class FakeTrainer:
+    """Writes `out` as a checkpoint whose weights are sha256(start weights, data, kind, seed):
+    deterministic, and a new model fingerprint for every step. Records (kind, start, data, out)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Path, Path, Path]] = []
+
+    def __call__(self, kind: str, model_path: Path, data: Path, out: Path, cfg: object, seed: int,
+                 trust_remote_code: bool = False) -> TrainResult:
+        self.calls.append((kind, Path(model_path), Path(data), Path(out)))
+        h = hashlib.sha256((Path(model_path) / "model.safetensors").read_bytes())
+        h.update(Path(data).read_bytes())
+        h.update(f"{kind}:{seed}".encode())
+        with atomic_dir(out) as tmp:
+            for name in ("config.json", "tokenizer_config.json"):
+                shutil.copy(Path(model_path) / name, tmp / name)
+            (tmp / "model.safetensors").write_bytes(h.digest())
+        examples = sum(1 for line in Path(data).read_text().splitlines() if line.strip())
+        return TrainResult(Path(out), steps=1, examples=examples, loss=0.5, seconds=0.0)
+
+
+def fake_checkpoint(path: Path) -> Path:
+    """A folder models.resolve accepts as a checkpoint (config, weights, chat template); no model."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    (path / "model.safetensors").write_bytes(b"base weights")
+    return path
+
+
+# -- a scripted model that plays the LANCE loop ------------------------------------------------
+WORDS = (
+    "river", "stone", "garden", "window", "lantern", "copper", "meadow", "violin", "harbor", "pepper",
+    "canyon", "ribbon", "orchard", "glacier", "compass", "velvet", "thunder", "almond", "beacon", "cobalt",
+    "prairie", "marble", "falcon", "saddle", "willow", "cedar", "ember", "quartz", "tundra", "walnut",
+    "summit", "lagoon", "pebble", "maple", "cinder", "harvest",
+)
+_RESPONSE = re.compile(r"<response>\n(.*)\n</response>", re.DOTALL)
+
+
+def _words(seed: int, n: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def lance_generate(req: GenerateRequest) -> list[str]:
+    """New instructions (Final Answer), degraded answers (tagged [bad]) and answers: half of the
+    answers to a new instruction [good], half [bad]. Replies differ by request seed and sample."""
+    user, s = req.messages[-1][1], req.sampling
+    out = []
+    for k in range(s.n):
+        seed = s.seed * 31 + k
+        if user.startswith("Your job is to write one new instruction"):
+            # k = 1 repeats k = 0's instruction but for one word: the near-duplicate rule drops it;
+            # k = 3 has no Final Answer: a parse failure
+            text = _words(s.seed + (7 if k == 2 else 0), 9) + (" please" if k == 1 else "")
+            out.append(f"Thought Process: a new task.\nFinal Answer: Describe the {text}." if k < 3 else "no idea")
+        elif user.startswith("Your job is to write a new, worse response"):
+            out.append(f"Thought Process: worse.\nFinal Answer: {_words(seed, 14)} [bad]")
+        else:
+            out.append(f"{_words(seed, 14)} {'[good]' if k % 2 == 0 else '[bad]'}")
+    return out
+
+
+def lance_score(req: ScoreRequest) -> list[float]:
+    """The expected-score judge: all probability on 9 for a [good] or [hi] response, 2 for [bad],
+    3 for [lo] (seed answers say which branch they should take)."""
+    m = _RESPONSE.search(req.messages[-1][1])
+    response = m.group(1) if m else ""
+    target = 9 if ("[good]" in response or "[hi]" in response) else 3 if "[lo]" in response else 2
+    return [0.0 if i == target else -40.0 for i in range(len(req.continuations))]
+
+
+def lance_script() -> ScriptedBackend:
+    return ScriptedBackend(gen=lance_generate, score=lance_score)
+
+
+@pytest.fixture
+def fake_base(tmp_path: Path) -> Path:
+    return fake_checkpoint(tmp_path / "base")
 
 
 @pytest.fixture

@@ -43,8 +43,7 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
     rd = RunDir(root)
     rd.open(build_config().to_dict(), {"base_model": {"source": "smollm2-135m"}, "seed": 0})
     rd.close()
-    (root / "iter_01").mkdir()
-    (root / "iter_01" / "seed_reviewed.jsonl").write_text('{"id": "a"}\n')
+    rd.write(1, "seed_reviewed", [{"id": "a"}])
     before = snapshot(root)
     assert {"run.json", "config.yaml", ".lock", "iter_01", "iter_01/seed_reviewed.jsonl"} <= set(before)
     yield root
@@ -184,11 +183,11 @@ def test_bad_override(override: str, expected: str, run_dir: Path, no_model: Non
 
 
 # --------------------------------------------------------------------------------------------
-# run directories (checked after preflight, which resolves the embedded model: cached after the
-# first conversion on a machine)
+# run directories: refused before the model is resolved (which converts it on a new machine)
 # --------------------------------------------------------------------------------------------
 
-def test_run_dir_of_an_incompatible_format_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_dir_of_an_incompatible_format_version(tmp_path: Path, no_model: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "old"
     rd = RunDir(root)
     rd.open(build_config().to_dict(), {})
@@ -202,7 +201,8 @@ def test_run_dir_of_an_incompatible_format_version(tmp_path: Path, capsys: pytes
     assert snapshot(root) == before
 
 
-def test_non_run_non_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_run_non_empty_directory(tmp_path: Path, no_model: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "mine"
     root.mkdir()
     (root / "notes.txt").write_text("my own files\n")
@@ -212,7 +212,8 @@ def test_non_run_non_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert snapshot(root) == before
 
 
-def test_run_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_dir_that_is_a_file(tmp_path: Path, no_model: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "file"
     path.write_text("not a directory\n")
     err = run_lance([TINY, "--run-dir", str(path)], capsys)
@@ -220,13 +221,13 @@ def test_run_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert path.read_text() == "not a directory\n"
 
 
-def test_second_run_on_a_locked_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_second_run_on_a_locked_directory(tmp_path: Path, no_model: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "run"
     rd = RunDir(root)
     rd.open(build_config().to_dict(), {})
     rd.close()
-    (root / "iter_01").mkdir()
-    (root / "iter_01" / "dummy.jsonl").write_text("{}\n")
+    rd.write(1, "dummy", [{}])
     holder = RunDir(root)
     holder.lock()  # as a running `lance run` holds it
     try:

@@ -11,62 +11,44 @@ from pathlib import Path
 
 import pytest
 
-from lance_llm.backends.base import Backend, GenerateRequest, Sampling, ScoreRequest, request_hash
+from conftest import ScriptedBackend
+from lance_llm.backends.base import GenerateRequest, Sampling, ScoreRequest, request_hash
 from lance_llm.backends.cache import CachedBackend, cache_counts
 from lance_llm.rundir import FORMAT_VERSION, RunDir, RunDirError
 
 FP = "fake-model@sha:abc"
 
 
-class FakeInner(Backend):
-    """Answers deterministically from the request; counts calls; can fail on the k-th call."""
+def expected_answer(r: GenerateRequest) -> list[str]:
+    return [f"{r.messages[-1][1]}|{k}|seed={r.sampling.seed}" for k in range(r.sampling.n)]
 
-    def __init__(self, fail_on_call: int | None = None) -> None:
-        self.fingerprint = FP
-        self.generate_calls: list[list[GenerateRequest]] = []
-        self.score_calls: list[list[ScoreRequest]] = []
-        self.fail_on_call = fail_on_call
-        self.closed = False
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
-        self.generate_calls.append(list(requests))
-        if self.fail_on_call is not None and len(self.generate_calls) == self.fail_on_call:
-            raise RuntimeError("simulated crash")
-        return [[f"{r.messages[-1][1]}|{k}|seed={r.sampling.seed}" for k in range(r.sampling.n)] for r in requests]
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        self.score_calls.append(list(requests))
-        return [[-float(len(c)) - 0.5 for c in r.continuations] for r in requests]
-
-    def close(self) -> None:
-        self.closed = True
+def by_length(r: ScoreRequest) -> list[float]:
+    return [-float(len(c)) - 0.5 for c in r.continuations]
 
 
 class Factory:
-    """Builds FakeInner lazily and counts how often it was asked to."""
+    """CachedBackend's lazy maker: builds the scripted backend, counting how often it was asked to."""
 
     def __init__(self, fail_on_call: int | None = None) -> None:
-        self.built = 0
         self.fail_on_call = fail_on_call
-        self.instances: list[FakeInner] = []
+        self.instances: list[ScriptedBackend] = []
 
-    def __call__(self) -> FakeInner:
-        self.built += 1
-        inner = FakeInner(self.fail_on_call)
-        self.instances.append(inner)
-        return inner
+    @property
+    def built(self) -> int:
+        return len(self.instances)
+
+    def __call__(self) -> ScriptedBackend:
+        self.instances.append(ScriptedBackend(expected_answer, by_length, FP, self.fail_on_call))
+        return self.instances[-1]
 
     @property
     def requests_seen(self) -> list[GenerateRequest]:
-        return [r for inner in self.instances for call in inner.generate_calls for r in call]
+        return [r for inner in self.instances for r in inner.generated_requests]
 
 
 def greq(text: str, seed: int = 0, n: int = 2, **sampling: float) -> GenerateRequest:
     return GenerateRequest((("system", "sys"), ("user", text)), Sampling(n=n, seed=seed, **sampling))  # type: ignore[arg-type]
-
-
-def expected_answer(r: GenerateRequest) -> list[str]:
-    return [f"{r.messages[-1][1]}|{k}|seed={r.sampling.seed}" for k in range(r.sampling.n)]
 
 
 @pytest.fixture
@@ -172,11 +154,11 @@ def test_crash_keeps_finished_chunks(db: Path) -> None:
 
 
 def test_wrong_result_count_is_an_error_and_not_cached(db: Path) -> None:
-    class Short(FakeInner):
+    class Short(ScriptedBackend):
         def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
             return super().generate(requests)[:-1]
 
-    cb = CachedBackend(Short, FP, db, progress=False)
+    cb = CachedBackend(lambda: Short(expected_answer), FP, db, progress=False)
     with pytest.raises(RuntimeError, match="1 results for 2 requests"):
         cb.generate([greq("a"), greq("b")])
     assert cb.count() == 0
@@ -296,7 +278,7 @@ def test_completed_lifecycle(run: RunDir, tmp_path: Path) -> None:
 def test_completed_none_after_output_modified(run: RunDir, tmp_path: Path) -> None:
     inputs, params, outputs = setup_stage(run, tmp_path)
     run.write_manifest(1, "review", inputs, params, outputs, {}, 0.0)
-    out = run.path(1, "reviewed.jsonl")
+    out = run.path(1, "reviewed")
     original = out.read_text()
     out.write_text('{"id": "a", "score": 9}\n')
     assert run.completed(1, "review", inputs, params) is None
@@ -307,7 +289,7 @@ def test_completed_none_after_output_modified(run: RunDir, tmp_path: Path) -> No
 def test_completed_none_after_output_deleted(run: RunDir, tmp_path: Path) -> None:
     inputs, params, outputs = setup_stage(run, tmp_path)
     run.write_manifest(1, "review", inputs, params, outputs, {}, 0.0)
-    run.path(1, "reviewed.jsonl").unlink()
+    run.path(1, "reviewed").unlink()
     assert run.completed(1, "review", inputs, params) is None
 
 
@@ -411,42 +393,53 @@ def test_open_accepts_empty_existing_dir(tmp_path: Path) -> None:
     rd.close()
 
 
-def test_train_params_leave_out_the_launcher_keys_while_training_in_process() -> None:
-    from dataclasses import replace
+def test_training_stages_hash_their_own_steps_and_the_launcher_only_when_it_is_not_this_process() -> None:
+    from lance_llm.config import build_config
+    from lance_llm.stages.train import TRAIN, TRAIN_M0
 
-    from lance_llm.config import TrainConfig
-    from lance_llm.loop import train_params
-
-    inproc = train_params(TrainConfig())
-    assert inproc.startswith("TrainConfig(method='full', m0_sft=True, sft=StepConfig(")
-    assert "launcher" not in inproc and "num_processes" not in inproc and inproc.endswith("bf16='auto')")
-    launched = train_params(replace(TrainConfig(), launcher="accelerate", num_processes=2))
-    assert "launcher='accelerate'" in launched and "num_processes=2" in launched
-    # a result-changing setting still changes what the manifest records
-    assert train_params(replace(TrainConfig(), method="lora")) != inproc
+    cfg = build_config()
+    assert TRAIN.config_keys(cfg) == ("seed", "train.method", "train.bf16", "train.sft", "train.dpo")
+    assert TRAIN_M0.config_keys(cfg) == ("seed", "train.method", "train.bf16", "train.sft")  # M_0 runs no DPO
+    launched = build_config({"train": {"launcher": "accelerate", "num_processes": 2, "method": "lora"}})
+    assert TRAIN.config_keys(launched)[-4:] == ("train.lora", "train.launcher", "train.accelerate_config",
+                                                "train.num_processes")
+    assert not any("m0_sft" in k for k in TRAIN.config_keys(launched))  # whether M_0 exists is not training's
 
 
-def test_review_params_show_the_likelihood_weights_only_in_that_mode() -> None:
-    from dataclasses import replace
+def test_review_stages_hash_the_settings_and_templates_of_their_mode_only() -> None:
+    from lance_llm.config import build_config
+    from lance_llm.stage import config_value
+    from lance_llm.stages.review import REVIEW_GENERATED, REVIEW_SEED
 
-    from lance_llm.config import LikelihoodConfig, ReviewConfig
-    from lance_llm.loop import review_params
-
-    expected = ReviewConfig(mode="expected", scale="rank")
-    # what runs made before the likelihood judge recorded: the repr without that field
-    assert review_params(expected) == ("ReviewConfig(mode='expected', samples=3, scale='rank', sampling="
-                                       "SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=512))")
-    assert review_params(replace(expected, likelihood=LikelihoodConfig(fluency=2.0))) == review_params(expected)
-    lik = replace(expected, mode="likelihood")
-    assert "likelihood=LikelihoodConfig(fluency=1.0" in review_params(lik)
-    assert review_params(replace(lik, likelihood=LikelihoodConfig(completeness=0.3))) != review_params(lik)
+    lik = build_config({"review": {"mode": "likelihood"}})
+    assert REVIEW_SEED.config_keys(lik) == ("review.mode", "review.scale", "review.likelihood")
+    assert config_value(lik, "review.likelihood")["fluency"] == 1.0
+    assert REVIEW_SEED.template_names(lik) == ("neutral_instruction",)  # no rubric, no system prompt
+    sampled = build_config({"review": {"mode": "sampled"}})
+    assert REVIEW_GENERATED.config_keys(sampled) == ("review.mode", "review.scale", "review.samples",
+                                                     "review.sampling", "seed")
+    assert REVIEW_GENERATED.template_names(sampled) == ("system", "review")
+    assert "criteria" in REVIEW_SEED.template_names(build_config({"review": {"mode": "combined"}}))
 
 
-def test_templates_hash_covers_only_the_templates_a_run_uses() -> None:
-    from lance_llm.prompts import CORE, CRITERIA, HERE, MODE_TEMPLATES, templates_hash
+def test_every_template_file_is_declared_by_a_stage() -> None:
+    from lance_llm.config import REVIEW_MODES, build_config
+    from lance_llm.prompts import HERE
+    from lance_llm.stages import ITERATION, PREPARE
 
-    placed = set(CORE).union(*MODE_TEMPLATES.values())
-    assert {p.stem for p in HERE.glob("*.txt")} == placed  # a new template must be placed
-    assert templates_hash() == templates_hash(CORE) != templates_hash(CORE + CRITERIA)
-    own = templates_hash(CORE + MODE_TEMPLATES["likelihood"])
-    assert own not in (templates_hash(), templates_hash(CORE + CRITERIA))
+    declared = {name for mode in REVIEW_MODES for s in (*PREPARE, *ITERATION)
+                for name in s.template_names(build_config({"review": {"mode": mode}}))}
+    assert {p.stem for p in HERE.glob("*.txt")} == declared  # a template no stage declares is never hashed
+
+
+def test_stale_says_why_a_stage_must_run(run: RunDir, tmp_path: Path) -> None:
+    inputs, params, outputs = setup_stage(run, tmp_path)
+    assert run.stale(1, "review", inputs, params) == "not run yet"
+    run.write_manifest(1, "review", inputs, params, outputs, {}, 0.0)
+    assert run.stale(1, "review", inputs, params) is None
+    assert run.stale(1, "review", inputs, {**params, "threshold": 6.0}) == "threshold changed"
+    inputs["seed"].write_text('{"id": "b"}\n')
+    assert run.stale(1, "review", inputs, params) == "input seed changed"
+    run.path(1, "reviewed").write_text("{}\n")
+    assert run.stale(1, "review", inputs, params) == "output reviewed.jsonl changed"
+    assert run.manifest(1, "review")["params"] == params  # readable: what it depended on

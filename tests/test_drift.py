@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from lance_llm.drift import drift_markdown, drift_rows, generated_groups, survival
-from lance_llm.records import Sample, write_records
+from lance_llm.records import Sample
+from lance_llm.rundir import RunDir
 from lance_llm.stages.clean import REASONS
 
 
@@ -32,12 +32,10 @@ def test_generated_groups_count_each_new_instruction_once() -> None:
 
 
 def _iteration(root: Path, t: int, responses: list[str], counts: dict[str, int]) -> None:
-    folder = root / f"iter_{t:02d}"
-    folder.mkdir(parents=True)
-    write_records(folder / "generated.jsonl",
-                  [Sample(f"{t}-{i}", f"instruction number {i} of iteration {t}", r, origin="new", iteration=t)
-                   for i, r in enumerate(responses)])
-    (folder / "clean.manifest.json").write_text(json.dumps({"stats": counts}))
+    rd = RunDir(root)
+    rd.write(t, "generated", [Sample(f"{t}-{i}", f"instruction number {i} of iteration {t}", r, origin="new",
+                                     iteration=t) for i, r in enumerate(responses)])
+    rd.write_manifest(t, "clean", {}, {}, [], counts, 0.0)
 
 
 def test_drift_rows_show_a_collapse(tmp_path: Path) -> None:
@@ -45,7 +43,7 @@ def test_drift_rows_show_a_collapse(tmp_path: Path) -> None:
     _iteration(tmp_path, 1, ["the cat sat on the mat", "dogs bark at night", "rain falls in spring"],
                base | {"input": 3, "kept": 3})
     _iteration(tmp_path, 2, ["the cat sat on the mat"] * 3, base | {"input": 3, "kept": 1, "exact_duplicate": 2})
-    (tmp_path / "iter_00").mkdir()  # iteration 0 has no generated data: no row
+    RunDir(tmp_path).iter_dir(0).mkdir()  # iteration 0 has no generated data: no row
     rows = drift_rows(tmp_path)
     assert [r["iter"] for r in rows] == [1, 2]
     r1, r2 = rows

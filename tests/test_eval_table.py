@@ -10,6 +10,7 @@ import pytest
 
 from lance_llm.cli import main
 from lance_llm.evaluate import data, runner, table
+from lance_llm.rundir import RunDir
 
 
 def _row(name: str, it: int | None, correct: list[int], inst: list[tuple[int, int]] | None = None) -> table.Row:
@@ -70,17 +71,18 @@ def test_run_targets_base_then_finished_iterations(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _model(tmp_path / "base")
     run.mkdir()
-    (run / "run.json").write_text(json.dumps({"base_model": {"path": str(tmp_path / "base")}}))
+    rd = RunDir(run)
+    rd.run_json.write_text(json.dumps({"base_model": {"path": str(tmp_path / "base")}}))
     for t in (0, 1, 2):
-        _model(run / f"iter_{t:02d}" / "model")
+        _model(rd.path(t, "model"))
     for t in (0, 1):  # iteration 2's train stage has not finished: no manifest
-        (run / f"iter_{t:02d}" / "train.manifest.json").write_text("{}")
+        rd.write_manifest(t, "train", {}, {}, ["model"], {}, 0.0)
     got = runner.run_targets(run)
     assert [(t.model, t.iteration) for t in got] == [("base", None), ("M_0", 0), ("M_1", 1)]
     assert len({t.fingerprint for t in got}) == 3
     targets, rd = runner.targets_for(str(run))
     assert rd == run and len(targets) == 3
-    assert runner.default_out(str(run), rd) == run / "eval"
+    assert runner.default_out(str(run), rd) == RunDir(run).eval_dir
 
 
 def test_subset_indices_seeded_sorted_and_full() -> None:

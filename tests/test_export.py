@@ -13,7 +13,8 @@ import yaml
 
 from lance_llm import cli
 from lance_llm.export import ExportError, export, find_iteration
-from lance_llm.records import PreferencePair, SFTExample, assistant, chat_prompt, write_records
+from lance_llm.records import PreferencePair, SFTExample, assistant, chat_prompt
+from lance_llm.rundir import RunDir
 
 SYSTEM = "You are a helpful assistant."
 # LLaMA-Factory data/README.md: the keys a dataset_info.json entry may have
@@ -43,21 +44,22 @@ def _pair(i: int) -> PreferencePair:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     root = tmp_path / "run"
-    write_records(root / "iter_00" / "sft.jsonl", [_sft(9, iteration=0)])
-    write_records(root / "iter_00" / "dpo.jsonl", [])
-    (root / "iter_00" / "prepare.manifest.json").write_text("{}")
-    write_records(root / "iter_01" / "sft.jsonl", [_sft(0), _sft(1, history=True), _sft(2)])
-    write_records(root / "iter_01" / "dpo.jsonl", [_pair(0), _pair(1)])
-    (root / "iter_01" / "annotate.manifest.json").write_text("{}")
-    # an unfinished iteration (no annotate manifest) is not the default
-    write_records(root / "iter_02" / "sft.jsonl", [_sft(5)])
+    rd = RunDir(root)
+    rd.write(0, "sft", [_sft(9, iteration=0)])
+    rd.write(0, "dpo", [])
+    rd.write_manifest(0, "prepare", {}, {}, ["sft.jsonl", "dpo.jsonl"], {}, 0.0)
+    rd.write(1, "sft", [_sft(0), _sft(1, history=True), _sft(2)])
+    rd.write(1, "dpo", [_pair(0), _pair(1)])
+    rd.write_manifest(1, "annotate", {}, {}, ["sft.jsonl", "dpo.jsonl"], {}, 0.0)
+    # an unfinished iteration (no manifest lists its sets) is not the default
+    rd.write(2, "sft", [_sft(5)])
     return root
 
 
 def _records(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    d = run_dir / "iter_01"
-    return ([json.loads(x) for x in (d / "sft.jsonl").read_text().splitlines()],
-            [json.loads(x) for x in (d / "dpo.jsonl").read_text().splitlines()])
+    rd = RunDir(run_dir)
+    return ([json.loads(x) for x in rd.path(1, "sft").read_text().splitlines()],
+            [json.loads(x) for x in rd.path(1, "dpo").read_text().splitlines()])
 
 
 def test_default_iteration_is_the_last_finished(run_dir: Path) -> None:
@@ -66,7 +68,7 @@ def test_default_iteration_is_the_last_finished(run_dir: Path) -> None:
     with pytest.raises(ExportError, match="iteration 2"):
         find_iteration(run_dir, 2)
     with pytest.raises(ExportError, match="no iteration"):
-        find_iteration(run_dir / "iter_01")
+        find_iteration(RunDir(run_dir).iter_dir(1))
 
 
 def test_llamafactory_matches_its_dataset_info_and_round_trips(run_dir: Path, tmp_path: Path) -> None:
@@ -190,19 +192,19 @@ def test_cli_prints_the_written_files(run_dir: Path, capsys: pytest.CaptureFixtu
     assert cli.main(["export", str(run_dir), "--format", "llamafactory"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed and all(Path(p).is_file() for p in printed)
-    assert Path(printed[0]).parent == run_dir / "export" / "llamafactory"
+    assert Path(printed[0]).parent == RunDir(run_dir).export_dir / "llamafactory"
 
 
 def test_a_record_the_format_cannot_hold_is_named(run_dir: Path, tmp_path: Path) -> None:
     bad = _sft(7)
     bad.completion = [*bad.completion, {"role": "user", "content": "and?"}]
-    write_records(run_dir / "iter_01" / "sft.jsonl", [_sft(0), bad])
+    RunDir(run_dir).write(1, "sft", [_sft(0), bad])
     with pytest.raises(ExportError, match="sft7"):
         export(run_dir, "llamafactory", tmp_path / "lf")
-    write_records(run_dir / "iter_01" / "sft.jsonl", [_sft(0)])
+    RunDir(run_dir).write(1, "sft", [_sft(0)])
     multi = _pair(3)
     multi.prompt = [multi.prompt[0], {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
                     multi.prompt[1]]
-    write_records(run_dir / "iter_01" / "dpo.jsonl", [multi])
+    RunDir(run_dir).write(1, "dpo", [multi])
     with pytest.raises(ExportError, match=r"p3.*single-turn"):
         export(run_dir, "axolotl", tmp_path / "ax")

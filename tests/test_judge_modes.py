@@ -8,9 +8,9 @@ And the HF backend's prefix plan: which tokens are shared, which are run per row
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
+from conftest import ScriptedBackend
+from lance_llm.backends.base import ScoreRequest
 from lance_llm.backends.hf import _prefix_plan
 from lance_llm.config import ReviewConfig
 from lance_llm.prompts import load
@@ -25,31 +25,15 @@ from lance_llm.stages.review import (
 )
 
 
-class YesNoBackend(Backend):
+def yes_no(r: ScoreRequest) -> list[float]:
     """P(Yes) = 0.9 for prompts mentioning `good`, 0.2 otherwise; no probability at all for
-    prompts mentioning `broken`."""
-
-    fingerprint = "fake"
-
-    def __init__(self) -> None:
-        self.tokens = {"prompt": 0, "generated": 0}
-        self.requests: list[ScoreRequest] = []
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
-        raise AssertionError("criteria mode must not generate")
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        self.requests.extend(requests)
-        out = []
-        for r in requests:
-            assert r.continuations == CRITERION_ANSWERS and r.prefix == ""
-            text = r.messages[-1][1]
-            if "broken" in text:
-                out.append([-math.inf, -math.inf])
-            else:
-                p = 0.9 if "good" in text else 0.2
-                out.append([math.log(p), math.log(1 - p)])
-        return out
+    prompts mentioning `broken` (the criteria mode's requests only)."""
+    assert r.continuations == CRITERION_ANSWERS and r.prefix == ""
+    text = r.messages[-1][1]
+    if "broken" in text:
+        return [-math.inf, -math.inf]
+    p = 0.9 if "good" in text else 0.2
+    return [math.log(p), math.log(1 - p)]
 
 
 def test_criteria_prompts() -> None:
@@ -70,7 +54,7 @@ def test_yes_probability() -> None:
 def test_criteria_mode_scores_and_failures() -> None:
     samples = [Sample("a", "Q?", "a good answer"), Sample("b", "Q?", "a poor answer"),
                Sample("c", "Q?", "broken")]
-    backend = YesNoBackend()
+    backend = ScriptedBackend(score=yes_no)  # criteria mode must not generate
     out, stats = review(samples, backend, ReviewConfig(mode="criteria"), "sys", seed=0)
     a, b, c = (s.review for s in out)
     # five question criteria at 0.2 each, five response criteria at 0.9 (good) or 0.2 (poor)
@@ -78,10 +62,10 @@ def test_criteria_mode_scores_and_failures() -> None:
     assert a.mode == "criteria" and len(a.samples) == 10
     assert c.score is None and c.parse_failures == 1  # unscored, not 0
     assert stats.scored == 2 and stats.unscored == 1
-    assert len(backend.requests) == 30
+    assert len(backend.scored_requests) == 30
     # the question-only requests are identical across the three responses: the backend's
     # dedup (and the durable cache) scores them once
-    assert len({r for r in backend.requests}) == 5 + 3 * 5
+    assert len(set(backend.scored_requests)) == 5 + 3 * 5
 
 
 def test_prefix_plan() -> None:
@@ -102,56 +86,39 @@ def test_prefix_plan() -> None:
 
 
 def test_combined_mode_is_the_mean_of_expected_and_criteria() -> None:
-    class Both(YesNoBackend):
-        def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-            crit = [r for r in requests if r.prefix == ""]
-            if crit:
-                return super().score(crit)
-            # expected mode: all probability on "6" unless the response is broken
-            return [[0.0 if i == 6 else -math.inf for i in range(11)] if "broken" not in r.messages[-1][1]
-                    else [-math.inf] * 11 for r in requests]
+    def both(r: ScoreRequest) -> list[float]:
+        if r.prefix == "":
+            return yes_no(r)
+        # expected mode: all probability on "6" unless the response is broken
+        return [-math.inf] * 11 if "broken" in r.messages[-1][1] else [0.0 if i == 6 else -math.inf for i in range(11)]
 
     samples = [Sample("a", "Q?", "a good answer"), Sample("c", "Q?", "broken")]
-    out, stats = review(samples, Both(), ReviewConfig(mode="combined"), "sys", seed=0)
+    out, stats = review(samples, ScriptedBackend(score=both), ReviewConfig(mode="combined"), "sys", seed=0)
     a, c = (s.review for s in out)
     assert a.mode == "combined" and math.isclose(a.score, (6 + 5 * 0.2 + 5 * 0.9) / 2)
     assert a.samples == [6.0, 5.5]
     assert c.score is None and c.parse_failures == 1 and stats.unscored == 1
 
 
-class LikelihoodBackend(Backend):
-    """Fixed answers for the likelihood judge's three requests: mean log-probabilities after the
-    instruction and after the neutral one, log P(end); `broken` responses get -inf after the
-    instruction (a server whose top-k ran out)."""
+# fluency after the instruction, after the neutral one, log P(end); `broken` responses get -inf
+# after the instruction (a server whose top-k ran out)
+LIKELIHOOD = {"good": (-1.0, -2.5, -1.0), "echo": (-0.5, -3.0, -20.0), "offtopic": (-2.0, -1.9, -0.5),
+              "broken": (-math.inf, -2.0, -1.0)}
 
-    fingerprint = "fake"
 
-    def __init__(self) -> None:
-        self.tokens = {"prompt": 0, "generated": 0}
-        self.requests: list[ScoreRequest] = []
-        self.TABLE = {"good": (-1.0, -2.5, -1.0), "echo": (-0.5, -3.0, -20.0), "offtopic": (-2.0, -1.9, -0.5),
-                      "broken": (-math.inf, -2.0, -1.0)}
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
-        raise AssertionError("likelihood mode must not generate")
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        self.requests.extend(requests)
-        out = []
-        for r in requests:
-            if r.end_of_turn:
-                assert r.continuations == ("",) and not r.per_token
-                out.append([self.TABLE[r.prefix][2]])
-            else:
-                assert r.per_token and r.prefix == "" and len(r.continuations) == 1
-                asked = r.messages[-1][1] != load("neutral_instruction")
-                out.append([self.TABLE[r.continuations[0]][0 if asked else 1]])
-        return out
+def likelihood_parts(r: ScoreRequest) -> list[float]:
+    """Fixed answers for the likelihood judge's three requests."""
+    if r.end_of_turn:
+        assert r.continuations == ("",) and not r.per_token
+        return [LIKELIHOOD[r.prefix][2]]
+    assert r.per_token and r.prefix == "" and len(r.continuations) == 1
+    asked = r.messages[-1][1] != load("neutral_instruction")
+    return [LIKELIHOOD[r.continuations[0]][0 if asked else 1]]
 
 
 def test_likelihood_mode_components_hinge_and_failures() -> None:
     samples = [Sample(k, "Q?", k) for k in ("good", "echo", "offtopic", "broken")] + [Sample("empty", "Q?", " ")]
-    backend = LikelihoodBackend()
+    backend = ScriptedBackend(score=likelihood_parts)  # likelihood mode must not generate
     cfg = ReviewConfig(mode="likelihood")
     out, stats = review(samples, backend, cfg, "sys", seed=0)
     good, echo, off, broken, empty = (s.review for s in out)
@@ -169,8 +136,8 @@ def test_likelihood_mode_components_hinge_and_failures() -> None:
     assert empty.score is None and empty.parse_failures == 1 and stats.unscored == 2  # nothing to read
     assert all(0 <= r.score <= 10 for r in (good, echo, off))
     # no system prompt: the question is how the model itself answers
-    assert all(m[0] != "system" for r in backend.requests for m in r.messages)
-    assert len(backend.requests) == 12
+    assert all(m[0] != "system" for r in backend.scored_requests for m in r.messages)
+    assert len(backend.scored_requests) == 12
 
 
 def test_likelihood_score_is_monotone_and_bounded() -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
+from conftest import ScriptedBackend
+from lance_llm.backends.base import GenerateRequest, ScoreRequest
 from lance_llm.config import ReviewConfig
 from lance_llm.judge.pairs import IRRELEVANT, KINDS, build_pairs, load_pairs, load_tasks, select, split_of
 from lance_llm.judge.reliability import agreement, judge_reliability, metric, outcome, wilson
@@ -107,53 +107,41 @@ def test_metric_oracle_random_and_failures(pairs) -> None:
     assert agreement(a, {"x": "right", "y": "right", "z": "right"}) == {"pairs": 2, "agreement": 0.5}
 
 
-class GoldKnowingBackend(Backend):
-    """A fake judge that knows the gold answers: high score for gold, low otherwise (oracle), or
+def gold_knowing(golds: set[str], oracle: bool, garble: str = "") -> ScriptedBackend:
+    """A scripted judge that knows the gold answers: high score for gold, low otherwise (oracle), or
     a random one; sampled mode gets free text, unparsable for one response in `garble`."""
+    rng = random.Random(1)
 
-    fingerprint = "fake"
+    def good(text: str) -> bool:
+        if not oracle:
+            return rng.random() < 0.5
+        return any(f"<response>\n{g}\n</response>" in text for g in golds)
 
-    def __init__(self, golds: set[str], oracle: bool, garble: str = "") -> None:
-        self.golds, self.oracle, self.garble = golds, oracle, garble
-        self.tokens = {"prompt": 0, "generated": 0}
-        self.rng = random.Random(1)
+    def score(r: ScoreRequest) -> list[float]:
+        if not oracle:  # a random distribution over the score tokens
+            return [rng.uniform(-5, 0) for _ in r.continuations]
+        best = 9 if good(r.messages[-1][1]) else 2
+        return [0.0 if i == best else -20.0 for i in range(len(r.continuations))]
 
-    def _good(self, text: str) -> bool:
-        if not self.oracle:
-            return self.rng.random() < 0.5
-        return any(f"<response>\n{g}\n</response>" in text for g in self.golds)
+    def gen(r: GenerateRequest) -> list[str]:
+        text = r.messages[-1][1]
+        reply = "I cannot say." if garble and garble in text else f"Fine. score: {9 if good(text) else 2}"
+        return [reply] * r.sampling.n
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        out = []
-        for r in requests:
-            if not self.oracle:  # a random distribution over the score tokens
-                out.append([self.rng.uniform(-5, 0) for _ in r.continuations])
-                continue
-            best = 9 if self._good(r.messages[-1][1]) else 2
-            out.append([0.0 if i == best else -20.0 for i in range(len(r.continuations))])
-        return out
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
-        out = []
-        for r in requests:
-            text = r.messages[-1][1]
-            reply = "I cannot say." if self.garble and self.garble in text else (
-                f"Fine. score: {9 if self._good(text) else 2}")
-            out.append([reply] * r.sampling.n)
-        return out
+    return ScriptedBackend(gen, score)
 
 
 def test_judge_reliability_with_fake_backends(pairs) -> None:
     sub = select(pairs, "test", 40)
     golds = {p.gold for p in sub}
-    res = judge_reliability(GoldKnowingBackend(golds, oracle=True), ReviewConfig(mode="expected"), sub, "sys")
+    res = judge_reliability(gold_knowing(golds, oracle=True), ReviewConfig(mode="expected"), sub, "sys")
     assert res["accuracy"] == 1.0 and res["parse_failure_rate"] == 0 and res["pairs"] == 40
     assert res["seconds_per_pair"] >= 0 and set(res["per_kind"]) <= set(KINDS)
-    rand = judge_reliability(GoldKnowingBackend(golds, oracle=False), ReviewConfig(mode="expected"),
+    rand = judge_reliability(gold_knowing(golds, oracle=False), ReviewConfig(mode="expected"),
                              select(pairs, None), "sys")
     assert 0.35 < rand["accuracy"] < 0.65
     garble = sub[0].gold  # every pair of that task loses its gold score: parse failures, not zeros
-    res = judge_reliability(GoldKnowingBackend(golds, oracle=True, garble=garble),
+    res = judge_reliability(gold_knowing(golds, oracle=True, garble=garble),
                             ReviewConfig(mode="sampled", samples=2), sub, "sys")
     hit = [p for p in sub if p.gold == garble or p.corrupted == garble]
     assert res["parse_failures"] == len(hit) and res["accuracy"] == 1.0

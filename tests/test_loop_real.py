@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from lance_llm import models
 from lance_llm.config import load_config
 from lance_llm.loop import run
-from lance_llm.records import PreferencePair, Sample, SFTExample, read_records
+from lance_llm.rundir import RunDir
 from lance_llm.stages.review import parse_score
 
 pytestmark = pytest.mark.slow
@@ -43,34 +43,34 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, li
 
 
 def manifest(run_dir: Path, t: int, stage: str) -> dict:
-    return json.loads((run_dir / f"iter_{t:02d}" / f"{stage}.manifest.json").read_text())
+    return RunDir(run_dir).manifest(t, stage)  # type: ignore[return-value]
 
 
 def test_every_stage_file_has_its_schema(tiny_run: tuple) -> None:
     run_dir, summary, _ = tiny_run
-    it = run_dir / "iter_01"
-    seed = read_records(it / "seed_reviewed.jsonl", Sample)
+    rd = RunDir(run_dir)
+    seed = rd.read(1, "seed_reviewed")
     assert len(seed) == 6 and all(s.review is not None and s.review.mode == "likelihood" for s in seed)
     assert all(0 <= s.score <= 10 for s in seed)  # type: ignore[operator]
-    generated = read_records(it / "generated.jsonl", Sample)
+    generated = rd.read(1, "generated")
     seed_ids = {s.id for s in seed}
     assert generated, "the model generated nothing"
     assert all(g.parent_id in seed_ids and g.origin in ("new", "degraded") and g.iteration == 1 for g in generated)
-    assert all(g.model == models.fingerprint(models.resolve("smollm2-135m").path) for g in generated)
-    cleaned = read_records(it / "cleaned.jsonl", Sample)
-    dropped = [json.loads(line) for line in (it / "clean_dropped.jsonl").read_text().splitlines()]
+    weights = models.fingerprint(models.resolve("smollm2-135m").path)
+    assert all(g.model.startswith(f"{weights}|hf:") and "dtype=" in g.model for g in generated)
+    cleaned = rd.read(1, "cleaned")
+    dropped = rd.read(1, "clean_dropped")
     assert len(cleaned) + len(dropped) == len(generated)  # nothing lost without a reason
-    reviewed = read_records(it / "reviewed.jsonl", Sample)
+    reviewed = rd.read(1, "reviewed")
     assert [r.id for r in reviewed] == [c.id for c in cleaned] and all(r.review for r in reviewed)
-    sft = read_records(it / "sft.jsonl", SFTExample)
-    sft0 = read_records(run_dir / "iter_00" / "sft.jsonl", SFTExample)
-    assert {e.id for e in sft0} <= {e.id for e in sft}  # accumulated
+    sft = rd.read(1, "sft")
+    assert {e.id for e in rd.read(0, "sft")} <= {e.id for e in sft}  # accumulated
     review_examples = [e for e in sft if e.source == "review_example"]
     assert review_examples and all(parse_score(e.completion[0]["content"]) is not None for e in review_examples)
-    nxt = read_records(it / "next_seed.jsonl", Sample)
+    nxt = rd.read(1, "next_seed")
     assert {s.id for s in nxt} == {s.id for s in seed} | {r.id for r in reviewed}  # the code's rule
-    assert (run_dir / "funnel.md").read_text().startswith("| iter |")
-    assert summary.final_model == it / "model"
+    assert rd.funnel_md.read_text().startswith("| iter |")
+    assert summary.final_model == rd.path(1, "model")
     gen_stats = manifest(run_dir, 1, "generate")["stats"]
     assert gen_stats["tokens"]["generated"] > 0 and gen_stats["tokens"]["prompt"] > 0
     assert manifest(run_dir, 1, "review_seed")["stats"]["tokens"]["prompt"] > 0
@@ -80,25 +80,24 @@ def test_stage_files_load_with_datasets(tiny_run: tuple) -> None:
     from datasets import load_dataset
 
     run_dir, _, _ = tiny_run
-    it = run_dir / "iter_01"
+    rd = RunDir(run_dir)
     for name in ("seed_reviewed", "generated", "cleaned", "reviewed", "sft", "dpo", "next_seed"):
-        path = it / f"{name}.jsonl"
+        path = rd.path(1, name)
         n = sum(1 for line in path.read_text().splitlines() if line.strip())
         ds = load_dataset("json", data_files=str(path), split="train")
         assert len(ds) == n, name
-    sft = load_dataset("json", data_files=str(it / "sft.jsonl"), split="train")
+    sft = load_dataset("json", data_files=str(rd.path(1, "sft")), split="train")
     assert {"prompt", "completion"} <= set(sft.column_names)  # TRL's prompt-completion format
-    dpo = load_dataset("json", data_files=str(it / "dpo.jsonl"), split="train")
+    dpo = load_dataset("json", data_files=str(rd.path(1, "dpo")), split="train")
     assert {"prompt", "chosen", "rejected"} <= set(dpo.column_names)  # TRL's preference format
 
 
 def test_pairs_respect_the_margin_and_come_from_high_seeds(tiny_run: tuple) -> None:
-    run_dir, _, _ = tiny_run
-    it = run_dir / "iter_01"
-    pairs = read_records(it / "dpo_new.jsonl", PreferencePair)
+    rd = RunDir(tiny_run[0])
+    pairs = rd.read(1, "dpo_new")
     assert pairs, "no preference pair: the DPO path was not exercised"
-    scores = {s.id: s.score for s in read_records(it / "reviewed.jsonl", Sample)}
-    scores.update({s.id: s.score for s in read_records(it / "seed_reviewed.jsonl", Sample)})
+    scores = {s.id: s.score for s in rd.read(1, "reviewed")}
+    scores.update({s.id: s.score for s in rd.read(1, "seed_reviewed")})
     for p in pairs:
         assert p.score_chosen - p.score_rejected > 0.0
         assert scores[p.chosen_id] == p.score_chosen and scores[p.rejected_id] == p.score_rejected
@@ -114,29 +113,29 @@ def test_training_changed_every_parameter_and_checkpoints_load(tiny_run: tuple) 
     from transformers import AutoModelForCausalLM
 
     run_dir, _, _ = tiny_run
-    it = run_dir / "iter_01"
+    rd = RunDir(run_dir)
     train = manifest(run_dir, 1, "train")["stats"]
     assert train["sft"]["steps"] == 1 and train["dpo"]["steps"] == 1
     base = load_file(str(models.resolve("smollm2-135m").path / "model.safetensors"))
-    after_sft = load_file(str(it / "model_sft" / "model.safetensors"))
-    after_dpo = load_file(str(it / "model" / "model.safetensors"))
+    after_sft = load_file(str(rd.path(1, "model_sft") / "model.safetensors"))
+    after_dpo = load_file(str(rd.path(1, "model") / "model.safetensors"))
     assert set(base) == set(after_sft) == set(after_dpo)
     assert _changed(base, after_sft) == list(base)  # every trainable tensor moved in SFT
     assert _changed(after_sft, after_dpo) == list(base)  # and again in DPO
-    model = AutoModelForCausalLM.from_pretrained(str(it / "model"))
+    model = AutoModelForCausalLM.from_pretrained(str(rd.path(1, "model")))
     assert torch.equal(model.state_dict()["model.norm.weight"].to(torch.float32), after_dpo["model.norm.weight"])
 
 
 def test_resume_recomputes_only_the_removed_stage_from_the_cache(tiny_run: tuple) -> None:
     run_dir, first, overrides = tiny_run
     before = {s: manifest(run_dir, 1, s)["finished"] for s in ("review_seed", "generate", "clean", "annotate", "train")}
-    (run_dir / "iter_01" / "reviewed.jsonl").unlink()
+    RunDir(run_dir).path(1, "reviewed").unlink()
     again = run(load_config(ROOT / "configs" / "tiny.yaml", overrides))
     # the likelihood judge asks three questions per pair, all answered by the cache
     assert again.llm_calls == {"hits": 3 * manifest(run_dir, 1, "review_generated")["stats"]["pairs"], "misses": 0}
     after = {s: manifest(run_dir, 1, s)["finished"] for s in before}
     assert after == before  # upstream and downstream stages were not rerun
-    assert (run_dir / "iter_01" / "reviewed.jsonl").exists()
+    assert RunDir(run_dir).path(1, "reviewed").exists()
     assert first.final_model == again.final_model
 
 
@@ -151,12 +150,13 @@ def test_eval_after_each_iteration_chooses_on_dev_only(tiny_run: tuple, tmp_path
     ev = ["eval.enabled=true", f"eval.ifeval_path={dev}", "eval.limit=2", "eval.max_new_tokens=8",
           "eval.benchmarks=[arc_easy]", "eval.bootstrap=50"]
     summary = run(load_config(ROOT / "configs" / "tiny.yaml", [*overrides, *ev]))
-    res = json.loads((run_dir / "eval" / "results.json").read_text())
+    rd = RunDir(run_dir)
+    res = json.loads((rd.eval_dir / "results.json").read_text())
     assert [(r["model"], r["iteration"]) for r in res["rows"]] == [("base", None), ("M_1", 1)]
-    assert res["rows"][1]["checkpoint"] == str(run_dir / "iter_01" / "model")
+    assert res["rows"][1]["checkpoint"] == str(rd.path(1, "model"))
     assert res["selection"]["reported_only"] == ["arc_easy"] and "dev.jsonl" in res["selection"]["dev"]
     best = res["best"]
     scores = [r["scores"]["ifeval_prompt_strict"] for r in res["rows"]]
     assert best["metric"] == "ifeval_prompt_strict" and best["score"] == max(scores)
     assert best["model"] == res["rows"][scores.index(max(scores))]["model"] and summary.best == best
-    assert "Best iteration" in (run_dir / "eval" / "results.md").read_text()
+    assert "Best iteration" in (rd.eval_dir / "results.md").read_text()

@@ -21,11 +21,11 @@ import pytest
 
 pytest.importorskip("openai")
 
+from lance_llm.backends import backend_fingerprint
 from lance_llm.backends.base import GenerateRequest, Sampling, ScoreRequest
 from lance_llm.backends.cache import CachedBackend
 from lance_llm.backends.openai_compat import OpenAIBackend, ScoringUnsupportedError, remote_fingerprint
 from lance_llm.config import ConfigError, OpenAIBackendConfig, build_config
-from lance_llm.loop import backend_fingerprint
 
 Reply = tuple[int, dict[str, Any], dict[str, str]]
 
@@ -346,9 +346,13 @@ def test_cache_answers_repeats_without_the_server(serve: Any, tmp_path: Any) -> 
 def test_fingerprint_comes_from_config(tmp_path: Any) -> None:
     cfg = build_config({"backend": {"kind": "openai", "openai": {"base_url": "http://h:1/v1/", "served_model": "s",
                                                                  "revision": "r2"}}})
-    assert backend_fingerprint(cfg, tmp_path) == "openai:s@http://h:1/v1#r2"
+    numerics = "|openai:plain_sampling=True,score_method=auto"
+    assert backend_fingerprint(cfg, tmp_path) == "openai:s@http://h:1/v1#r2" + numerics
     other = build_config({"backend": {"kind": "openai", "openai": {"base_url": "http://h:1/v1", "served_model": "s"}}})
-    assert backend_fingerprint(other, tmp_path) == "openai:s@http://h:1/v1"
+    assert backend_fingerprint(other, tmp_path) == "openai:s@http://h:1/v1" + numerics
+    echo = build_config({"backend": {"kind": "openai", "openai": {"base_url": "http://h:1/v1", "served_model": "s",
+                                                                  "score_method": "echo"}}})
+    assert backend_fingerprint(echo, tmp_path) != backend_fingerprint(other, tmp_path)  # other numbers
 
 
 def test_api_key_only_from_the_named_environment_variable(monkeypatch: Any) -> None:

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 
 from lance_llm import models
+from lance_llm.backends import backend_fingerprint, make_backend
 from lance_llm.backends.base import GenerateRequest, Sampling, ScoreRequest, common_prefix
 from lance_llm.backends.cache import CachedBackend
 from lance_llm.config import ReviewConfig, build_config
-from lance_llm.loop import backend_fingerprint, make_backend
 from lance_llm.records import Sample
 from lance_llm.stages.review import SCORE_PREFIX, SCORE_TOKENS, expected_score, review
 
@@ -96,7 +96,7 @@ def greedy(q: str, tokens: int = 32) -> GenerateRequest:
 def test_served_model_and_fingerprint(server: Any, checkpoint: models.ResolvedModel) -> None:
     assert server.model == "smollm2"  # found through GET /models
     # served from this run's checkpoint (serve_command): the cache key follows its weights
-    assert server.fingerprint_for_test == f"served:{checkpoint.fingerprint}"
+    assert server.fingerprint_for_test.startswith(f"served:{checkpoint.fingerprint}|openai:")
 
 
 def test_greedy_generation_is_deterministic_and_cached(server: Any, in_process: Any, tmp_path: Path) -> None:

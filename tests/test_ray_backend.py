@@ -34,7 +34,7 @@ def _stages(run_dir: Path, distributed: str) -> tuple[list[dict], list[dict], di
     cfg = build_config({
         "run_dir": str(run_dir), "data": {"limit": 8},
         # batch 2: shards of 4 requests, so each call of 8 requests is cut into 2 shards over the 2 actors
-        "backend": {"batch_size": 2, "threads": 1, "distributed": distributed, "num_actors": 2},
+        "backend": {"batch_size": 2, "hf": {"threads": 1}, "distributed": distributed, "num_actors": 2},
         "review": {"mode": "expected"},
         "generate": {"n_instructions": 2, "n_responses": 1, "n_degraded": 2, "threshold": 0.0,
                      "sampling": {"max_new_tokens": 12}, "response_sampling": {"max_new_tokens": 8}},
@@ -61,7 +61,7 @@ def test_ray_actors_give_the_single_process_records(tmp_path: Path) -> None:
     import torch
 
     threads = torch.get_num_threads()
-    try:  # backend.threads=1 (as each 1-CPU actor has) sets torch's threads for this whole process
+    try:  # backend.hf.threads=1 (as each 1-CPU actor has) sets torch's threads for this whole process
         single = _stages(tmp_path / "single", "none")
     finally:
         torch.set_num_threads(threads)

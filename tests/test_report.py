@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -18,10 +19,11 @@ import yaml
 
 from lance_llm.cli import main
 from lance_llm.drift import distinct_n, diversity, self_rouge
-from lance_llm.funnel import COLUMNS, funnel_row
-from lance_llm.records import PreferencePair, Review, Sample, SFTExample, chat_prompt, write_records
+from lance_llm.funnel import columns, funnel_row
+from lance_llm.records import PreferencePair, Review, Sample, SFTExample, chat_prompt
 from lance_llm.report import write_report
-from lance_llm.rundir import RunDirError
+from lance_llm.rundir import FORMAT_VERSION, RunDir, RunDirError
+from lance_llm.stages import ITERATION
 
 SYSTEM = "You are a helpful assistant."
 SCRIPT = "<script>alert('pwned')</script>"
@@ -40,8 +42,9 @@ def sample(sid: str, instruction: str, response: str, origin: str = "seed", raw:
                   parent_id=parent)
 
 
-def manifest(folder: Path, stage: str, stats: dict, seconds: float) -> None:
-    (folder / f"{stage}.manifest.json").write_text(json.dumps({"stage": stage, "stats": stats, "seconds": seconds}))
+def manifest(rd: RunDir, t: int, stage: str, stats: dict, seconds: float) -> None:
+    rd.iter_dir(t).mkdir(parents=True, exist_ok=True)
+    rd.manifest_path(t, stage).write_text(json.dumps({"stage": stage, "stats": stats, "seconds": seconds}))
 
 
 def stage_stats(t: int, pairs: int, sft_new: int) -> dict[str, dict]:
@@ -72,53 +75,50 @@ GENERATED = [
 
 
 def write_iteration(root: Path, t: int, pairs: int) -> None:
-    d = root / f"iter_{t:02d}"
-    d.mkdir(parents=True)
+    rd = RunDir(root)
     stats = stage_stats(t, pairs, sft_new=1)
     for stage, st in stats.items():
-        manifest(d, stage, st, seconds={"generate": 12.3, "train": 30.0}.get(stage, 0.5))
-    write_records(d / "seed_reviewed.jsonl", SEED)
-    write_records(d / "generated.jsonl", GENERATED)
-    write_records(d / "cleaned.jsonl", GENERATED[:4])
-    write_records(d / "clean_dropped.jsonl", [{"id": "g5", "reason": "exact_duplicate"}])
-    write_records(d / "reviewed.jsonl", [sample(s.id, s.instruction, s.response, s.origin, raw=3.0 + i / 5, t=t,
-                                                parent=s.parent_id) for i, s in enumerate(GENERATED[:4])])
-    write_records(d / "sft_new.jsonl", [SFTExample(f"sft-{t}", chat_prompt(SYSTEM, f"Explain {SCRIPT} tags."),
-                                                   [{"role": "assistant", "content": "Use <b>escaping</b> & care."}],
-                                                   "generated", t, 8.5)])
+        manifest(rd, t, stage, st, seconds={"generate": 12.3, "train": 30.0}.get(stage, 0.5))
+    rd.write(t, "seed_reviewed", SEED)
+    rd.write(t, "generated", GENERATED)
+    rd.write(t, "cleaned", GENERATED[:4])
+    rd.write(t, "clean_dropped", [{"id": "g5", "reason": "exact_duplicate"}])
+    rd.write(t, "reviewed", [sample(s.id, s.instruction, s.response, s.origin, raw=3.0 + i / 5, t=t,
+                                    parent=s.parent_id) for i, s in enumerate(GENERATED[:4])])
+    rd.write(t, "sft_new", [SFTExample(f"sft-{t}", chat_prompt(SYSTEM, f"Explain {SCRIPT} tags."),
+                                       [{"role": "assistant", "content": "Use <b>escaping</b> & care."}],
+                                       "generated", t, 8.5)])
     made = [PreferencePair(f"pair-{t}-{i}", chat_prompt(SYSTEM, f"Seed question number {i} about rivers?"),
                            [{"role": "assistant", "content": "Rivers flow to the sea."}],
                            [{"role": "assistant", "content": "Rivers flow uphill."}],
                            f"seed-{i}", f"seed-{i}", f"g{i}", 9.0, 6.0 + i / 2, t) for i in range(pairs)]
-    write_records(d / "dpo_new.jsonl", made)
-    for name in ("sft.jsonl", "dpo.jsonl", "next_seed.jsonl"):
-        (d / name).write_text("")
-    (d / "funnel.json").write_text(json.dumps(funnel_row(t, stats)))
+    rd.write(t, "dpo_new", made)
+    for name in ("sft", "dpo", "next_seed"):
+        rd.write(t, name, [])
+    rd.funnel_json(t).write_text(json.dumps(funnel_row(t, stats, ITERATION)))
 
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     root = tmp_path / "run"
     root.mkdir()
-    (root / "run.json").write_text(json.dumps({
-        "format_version": 1, "updated": "2026-11-25T10:00:00+0000", "seed": 0,
+    rd = RunDir(root)
+    rd.run_json.write_text(json.dumps({
+        "format_version": FORMAT_VERSION, "updated": "2026-11-25T10:00:00+0000", "seed": 0,
         "base_model": {"source": "tiny<model>", "fingerprint": "fe17c36060e39c2d"},
         "libraries": {"torch": "2.13.0+cpu", "trl": "1.16.0"}}))
-    (root / "config.yaml").write_text(yaml.safe_dump({
+    rd.config_yaml.write_text(yaml.safe_dump({
         "iterations": 4, "seed": 0, "review": {"mode": "expected", "scale": "rank", "samples": 3},
         "generate": {"threshold": 7.0}, "annotate": {"sft_threshold": 8.0, "pair_margin": 2.0}}))
-    (root / "iter_00").mkdir()
-    manifest(root / "iter_00", "prepare", {"seed": 4}, 0.1)
+    manifest(rd, 0, "prepare", {"seed": 4}, 0.1)
     write_iteration(root, 1, pairs=2)
     write_iteration(root, 2, pairs=0)
     # iteration 3 crashed after generate: no clean, review, annotate, train or funnel.json
-    d3 = root / "iter_03"
-    d3.mkdir()
     stats = stage_stats(3, 0, 0)
-    manifest(d3, "review_seed", stats["review_seed"], 1.0)
-    manifest(d3, "generate", stats["generate"], 9.0)
-    write_records(d3 / "seed_reviewed.jsonl", SEED)
-    write_records(d3 / "generated.jsonl", GENERATED)
+    manifest(rd, 3, "review_seed", stats["review_seed"], 1.0)
+    manifest(rd, 3, "generate", stats["generate"], 9.0)
+    rd.write(3, "seed_reviewed", SEED)
+    rd.write(3, "generated", GENERATED)
     return root
 
 
@@ -169,14 +169,15 @@ def sections(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 def test_report_shows_funnel_plots_and_partial_iterations(run_dir: Path) -> None:
     out = write_report(run_dir)
-    assert out == run_dir / "report.html"
+    assert out == RunDir(run_dir).report
     assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == []  # no temp file left
     text = out.read_text(encoding="utf-8")
     page = Page(text)
 
     funnel = page.table("funnel")
-    assert funnel[0] == [name for name, _ in COLUMNS]
-    assert funnel[1] == ["1", "4", "0", "2", "2", "2", "3", "2", "5", "4", "4", "1", "2", "4", "9", "2", "14/1"]
+    assert funnel[0] == [c.name for c in columns(ITERATION) if c.style == "cell"]
+    assert funnel[0][-2:] == ["parse fail", "LLM calls"]  # summed over stages: last
+    assert funnel[1] == ["1", "4", "0", "2", "2", "2", "3", "2", "5", "4", "4", "1", "2", "9", "2", "4", "14/1"]
     assert funnel[2][:13] == ["2", "4", "0", "2", "2", "2", "3", "2", "5", "4", "4", "1", "0"]
     assert funnel[3] == ["3", "not reached"]
     assert funnel[4] == ["4", "not reached"]
@@ -218,13 +219,19 @@ def test_report_shows_funnel_plots_and_partial_iterations(run_dir: Path) -> None
                                ["generator, degraded answers", "1", "3"], ["judge, generated review", "0", "4"]]
     div = next(rows for rows in tables if rows[0][0] == "generated" and "distinct-1" in rows[0])
     assert div[1][:2] == ["new instructions (distinct)", "2"] and div[2][:2] == ["responses (new + degraded)", "5"]
+    # drift over iterations: HTML tables (iterations 1-3 generated), never Markdown pipes
+    drift = next(rows for rows in tables if rows[0][:2] == ["iter", "new instructions: texts"])
+    assert [r[0] for r in drift[1:]] == ["1", "2", "3"] and drift[1][1] == "2" and drift[1][6] == "5"
+    survival = next(rows for rows in tables if rows[0][-1] == "kept share")
+    assert survival[1][0] == "1" and survival[1][-1] == "0.800" and survival[3][-1] == "–"
+    assert all("|" not in part for part in sections(text).values())
 
     assert "No evaluation was run" in by_id["evaluation"]
 
 
 def test_report_evaluation_section_and_out_path(run_dir: Path, tmp_path: Path) -> None:
-    (run_dir / "eval").mkdir()
-    (run_dir / "eval" / "results.json").write_text(json.dumps({"rows": [
+    RunDir(run_dir).eval_dir.mkdir()
+    (RunDir(run_dir).eval_dir / "results.json").write_text(json.dumps({"rows": [
         {"model": "base", "iteration": None, "scores": {"ifeval": 0.25, "gsm8k": 0.1}},
         {"model": "M_1", "iteration": 1, "scores": {"ifeval": 0.3, "gsm8k": 0.125}},
         {"model": "M_2<x>", "iteration": 2, "scores": {"ifeval": 0.35}}]}))
@@ -243,15 +250,16 @@ def test_report_evaluation_section_and_out_path(run_dir: Path, tmp_path: Path) -
 def test_report_never_raises_on_a_broken_or_empty_run(tmp_path: Path) -> None:
     root = tmp_path / "bare"
     root.mkdir()
-    (root / "run.json").write_text("{}")
+    rd = RunDir(root)
+    rd.run_json.write_text("{}")
     text = write_report(root).read_text(encoding="utf-8")
     assert 'id="funnel"' in text and "No evaluation was run" in text
-    (root / "config.yaml").write_text("iterations: 1\n")
-    (root / "iter_01").mkdir()
-    (root / "iter_01" / "generated.jsonl").write_text('{"id": "x", "instruction": "trunc')  # cut mid-line
-    (root / "iter_01" / "review_seed.manifest.json").write_text("not json")
-    (root / "eval").mkdir()
-    (root / "eval" / "results.json").write_text('{"no rows": []}')
+    rd.config_yaml.write_text("iterations: 1\n")
+    rd.iter_dir(1).mkdir()
+    rd.path(1, "generated").write_text('{"id": "x", "instruction": "trunc')  # cut mid-line
+    rd.manifest_path(1, "review_seed").write_text("not json")
+    rd.eval_dir.mkdir()
+    (rd.eval_dir / "results.json").write_text('{"no rows": []}')
     text = write_report(root).read_text(encoding="utf-8")
     assert "could not render this part" in text and "generated.jsonl:1" in text
     assert sections(text)["iter-1"].count("not reached") >= 3
@@ -308,7 +316,7 @@ def test_report_judge_section(run_dir: Path) -> None:
     assert degraded == [["iteration", "degraded answers", "scored below their seed answer", "95% CI", "unscored"],
                         ["1", "1", "1.000", "0.206-1.000", "0"], ["2", "1", "1.000", "0.206-1.000", "0"]]
     kind = {"accuracy": 0.5}
-    (run_dir / "judge.json").write_text(json.dumps({"model": "m", "split": "test", "results": {
+    RunDir(run_dir).judge_json.write_text(json.dumps({"model": "m", "split": "test", "results": {
         "criteria": {"pairs": 10, "accuracy": 0.9, "ci95": [0.6, 0.98], "parse_failure_rate": 0.0,
                      "seconds_per_pair": 0.25, "per_kind": {"truncated": kind}}}}))
     text = write_report(run_dir).read_text(encoding="utf-8")
@@ -350,3 +358,9 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     page = Page(dom.stdout)
     assert page.table("funnel")[1][0] == "1"
     assert len(page.plots()) >= PLOTS_WITHOUT_EVAL
+    # every table is an HTML table: no section shows Markdown pipe syntax as text
+    for name, part in sections(dom.stdout).items():
+        shown = re.sub(r"<[^>]+>", " ", part)
+        assert not re.search(r"\|\s*[-:]{3,}|\|\s*iter\s*\|", shown), f"section {name} shows a Markdown table"
+    drift = next(rows for _, rows in page.tables if rows[0][:2] == ["iter", "new instructions: texts"])
+    assert len(drift) == 4

@@ -9,11 +9,12 @@ get degraded responses to their own instruction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
+from conftest import ScriptedBackend
+from lance_llm.backends.base import GenerateRequest, ScoreRequest
 from lance_llm.config import GenerateConfig, ReviewConfig, SamplingConfig
 from lance_llm.prompts import load, render
 from lance_llm.records import Review, Sample
@@ -21,43 +22,6 @@ from lance_llm.stages.generate import generate, split
 from lance_llm.stages.review import SCORE_PREFIX, SCORE_TOKENS, review, review_prompt
 
 SYSTEM = "You are a careful multi-task assistant."
-
-
-class FakeBackend(Backend):
-    """Deterministic backend: replies come from scripted functions; every call is recorded."""
-
-    def __init__(
-        self,
-        gen: Callable[[GenerateRequest], list[str]] | None = None,
-        score: Callable[[ScoreRequest], list[float]] | None = None,
-        fingerprint: str = "fake-model@1",
-    ) -> None:
-        self._gen = gen
-        self._score = score
-        self.fingerprint = fingerprint
-        self.generate_calls: list[list[GenerateRequest]] = []
-        self.score_calls: list[list[ScoreRequest]] = []
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
-        self.generate_calls.append(list(requests))
-        if self._gen is None:
-            raise AssertionError("generate was not expected")
-        out = []
-        for r in requests:
-            replies = self._gen(r)
-            assert len(replies) == r.sampling.n, "script must return exactly n replies"
-            out.append(list(replies))
-        return out
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        self.score_calls.append(list(requests))
-        if self._score is None:
-            raise AssertionError("score was not expected")
-        return [list(self._score(r)) for r in requests]
-
-    @property
-    def generated_requests(self) -> list[GenerateRequest]:
-        return [r for call in self.generate_calls for r in call]
 
 
 def user_text(req: GenerateRequest | ScoreRequest) -> str:
@@ -81,13 +45,13 @@ def scored(i: str, score: float | None) -> Sample:
 # --------------------------------------------------------------------------------------------
 
 
-def scripted_review_backend(script: dict[str, list[str]], samples: Sequence[Sample]) -> FakeBackend:
+def scripted_review_backend(script: dict[str, list[str]], samples: Sequence[Sample]) -> ScriptedBackend:
     by_prompt = {review_prompt(s.instruction, s.response): script[s.id] for s in samples}
 
     def gen(req: GenerateRequest) -> list[str]:
         return by_prompt[user_text(req)]
 
-    return FakeBackend(gen=gen)
+    return ScriptedBackend(gen=gen)
 
 
 def test_review_sampled_averages_only_parsed_replies() -> None:
@@ -177,7 +141,7 @@ def test_review_request_seeds_are_deterministic() -> None:
 
 
 def test_review_empty_makes_no_call() -> None:
-    backend = FakeBackend()
+    backend = ScriptedBackend()
     out, stats = review([], backend, ReviewConfig(), SYSTEM, seed=0)
     assert out == []
     assert stats.pairs == 0
@@ -201,7 +165,7 @@ def test_review_expected_mode_uses_logprobs() -> None:
     half[2] = half[10] = math.log(0.5)
     scripted = {"a": one_hot(9), "b": half, "c": [-3.0] * 11}
     by_prompt = {review_prompt(s.instruction, s.response): scripted[s.id] for s in samples}
-    backend = FakeBackend(score=lambda req: by_prompt[user_text(req)])
+    backend = ScriptedBackend(score=lambda req: by_prompt[user_text(req)])
 
     out, stats = review(samples, backend, ReviewConfig(mode="expected"), SYSTEM, seed=0)
 
@@ -264,7 +228,7 @@ DEGRADE_REPLIES = {
 }
 
 
-def make_gen_backend(fingerprint: str = "fake-model@1") -> FakeBackend:
+def make_gen_backend(fingerprint: str = "fake-model@1") -> ScriptedBackend:
     instr_prompts = {render(load("new_instruction"), instruction=s.instruction, response=s.response): s.id
                      for s in (L1, L2)}
     degrade_prompts = {render(load("degrade_response"), instruction=s.instruction, response=s.response): s.id
@@ -278,7 +242,7 @@ def make_gen_backend(fingerprint: str = "fake-model@1") -> FakeBackend:
             return DEGRADE_REPLIES[degrade_prompts[user]][: req.sampling.n]
         return [f"Answer {j} to: {user}" for j in range(req.sampling.n)]
 
-    return FakeBackend(gen=gen, fingerprint=fingerprint)
+    return ScriptedBackend(gen=gen, fingerprint=fingerprint)
 
 
 GEN_CFG = GenerateConfig(

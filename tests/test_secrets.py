@@ -130,11 +130,12 @@ def test_no_source_file_turns_remote_code_on() -> None:
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1)
             if re.search(r"trust_remote_code\s*=\s*True", line)]
     assert hits == []
-    # the only place that passes the setting on is the backend factory, and it passes the config value
-    loop = (SRC / "loop.py").read_text(encoding="utf-8")
-    assert "trust_remote_code=cfg.model.trust_remote_code" in loop
-    # training gets the same config value (default False), so inference and training agree
-    assert loop.count(", cfg.model.trust_remote_code)") == 2 and loop.count(" cfg.model.trust_remote_code)") == 3
+    # the setting reaches the models only from the config: each backend's builder, and the trainer
+    # through the training stages (default False), so inference and training agree
+    for name in ("backends/hf.py", "backends/vllm.py"):
+        assert "trust_remote_code=cfg.model.trust_remote_code" in (SRC / name).read_text(encoding="utf-8")
+    stages = (SRC / "stages" / "train.py").read_text(encoding="utf-8")
+    assert stages.count(" cfg.model.trust_remote_code)") == 3  # M_0's SFT, SFT, DPO
     import inspect
 
     from lance_llm.stages import train

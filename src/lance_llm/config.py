@@ -70,6 +70,13 @@ class ModelConfig:
 
 
 @dataclass
+class HFBackendConfig:
+    """backend.kind=hf: transformers in this process (see backends/hf.py)."""
+
+    threads: int | None = None  # torch threads; None = torch's default
+
+
+@dataclass
 class OpenAIBackendConfig:
     """backend.kind=openai: an OpenAI-compatible server (see backends/openai_compat.py)."""
 
@@ -106,8 +113,7 @@ class VLLMBackendConfig:
 @dataclass
 class BackendConfig:
     kind: Literal["hf", "openai", "vllm"] = "hf"
-    batch_size: int = 8  # sequences per forward/generate call
-    threads: int | None = None  # torch threads; None = torch's default
+    batch_size: int = 8  # sequences per forward/generate call; the cache commits 2 x this many requests
     # [scaling up] "ray": fan generate/score calls out over Ray actors, each holding this backend
     # (lance_llm.backends.ray_backend; needs `pip install lance-llm[ray]`). Same records as "none".
     distributed: Literal["none", "ray"] = "none"
@@ -115,6 +121,7 @@ class BackendConfig:
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None = start a local one
     actor_num_cpus: float = 1.0  # ray: CPUs reserved per actor
     actor_num_gpus: float = 0.0  # ray: GPUs reserved per actor (1 = one model copy per GPU)
+    hf: HFBackendConfig = field(default_factory=HFBackendConfig)
     openai: OpenAIBackendConfig = field(default_factory=OpenAIBackendConfig)
     vllm: VLLMBackendConfig = field(default_factory=VLLMBackendConfig)
 
@@ -366,8 +373,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"seed: must be in [0, 2**32 - 1], got {cfg.seed}")
     positive("iterations", cfg.iterations)
     positive("backend.batch_size", cfg.backend.batch_size)
-    if cfg.backend.threads is not None:
-        positive("backend.threads", cfg.backend.threads)
+    if cfg.backend.hf.threads is not None:
+        positive("backend.hf.threads", cfg.backend.hf.threads)
     for name in ("concurrency", "timeout_s", "top_logprobs", "serve_wait_s"):
         positive(f"backend.openai.{name}", getattr(cfg.backend.openai, name))
     at_least("backend.openai.max_retries", cfg.backend.openai.max_retries, 0)

@@ -19,7 +19,6 @@ degraded) of every iteration.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys
@@ -27,10 +26,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from .records import Sample, read_records
+from .records import Sample
+from .rundir import RunDir
+from .stages import producer
 from .stages.clean import REASONS
 
 MAX_ROUGE_TEXTS = 200  # self-ROUGE is quadratic in pure Python: 200 texts = 19,900 LCS computations
+DIVERSITY_METRICS = ("texts", "distinct-1", "distinct-2", "self-ROUGE-L", "mean words")
 
 
 def words(text: str) -> list[str]:
@@ -103,18 +105,13 @@ def iteration_drift(generated: list[Sample], clean_counts: dict[str, int] | None
 
 
 def drift_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per iteration that has a generated.jsonl (the clean counts come from its manifest)."""
-    rows = []
-    for folder in sorted(run_dir.glob("iter_[0-9][0-9]")):
-        t = int(folder.name[5:])
-        gen_path = folder / "generated.jsonl"
-        if t == 0 or not gen_path.is_file():
+    """One row per iteration that has generated candidates (the clean counts: the stats of the
+    stage that writes `cleaned`)."""
+    rd, rows = RunDir(run_dir), []
+    for t in rd.iterations():
+        if t == 0 or not rd.path(t, "generated").is_file():
             continue
-        counts = None
-        manifest = folder / "clean.manifest.json"
-        if manifest.is_file():
-            counts = json.loads(manifest.read_text(encoding="utf-8")).get("stats")
-        rows.append({"iter": t, **iteration_drift(read_records(gen_path, Sample), counts)})
+        rows.append({"iter": t, **iteration_drift(rd.read(t, "generated"), rd.stats(t, producer("cleaned")))})
     return rows
 
 
@@ -124,7 +121,7 @@ def _f(value: Any) -> str:
 
 def drift_markdown(rows: list[dict[str, Any]]) -> str:
     """Two tables: diversity of instructions/responses, and survival share per cleaning rule."""
-    metrics = ["texts", "distinct-1", "distinct-2", "self-ROUGE-L", "mean words"]
+    metrics = DIVERSITY_METRICS
     head = ["iter"] + [f"{short} {m}" for short in ("instr.", "resp.") for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in rows:

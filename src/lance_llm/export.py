@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from .records import PreferencePair, SFTExample, atomic_write_text, read_records
+from .records import PreferencePair, SFTExample, atomic_write_text
+from .rundir import RunDir
 
 FORMATS = ("llamafactory", "axolotl", "hf")
 SFT_NAME, DPO_NAME = "lance_sft", "lance_dpo"  # dataset names in dataset_info.json / the card's configs
@@ -35,25 +36,25 @@ class ExportError(ValueError):
 
 # -- reading the run --------------------------------------------------------------------------
 def find_iteration(run_dir: Path, iteration: int | None = None) -> int:
-    """`iteration`, checked; else the last one whose SFT and DPO sets were completely written."""
+    """`iteration`, checked; else the last one whose SFT and DPO sets a finished stage wrote."""
+    rd = RunDir(run_dir)
+
     def complete(t: int) -> bool:
-        d = run_dir / f"iter_{t:02d}"
-        stage = "prepare" if t == 0 else "annotate"
-        return all((d / n).is_file() for n in ("sft.jsonl", "dpo.jsonl", f"{stage}.manifest.json"))
+        return rd.finished(t, "sft") and rd.finished(t, "dpo")
 
     if iteration is not None:
         if not complete(iteration):
             raise ExportError(f"{run_dir}: iteration {iteration} has no finished sft.jsonl/dpo.jsonl")
         return iteration
-    done = sorted(int(p.name[5:]) for p in run_dir.glob("iter_[0-9][0-9]") if complete(int(p.name[5:])))
+    done = [t for t in rd.iterations() if complete(t)]
     if not done:
         raise ExportError(f"{run_dir}: no iteration with finished sft.jsonl and dpo.jsonl (is it a run directory?)")
     return done[-1]
 
 
 def load_sets(run_dir: Path, iteration: int) -> tuple[list[SFTExample], list[PreferencePair]]:
-    d = run_dir / f"iter_{iteration:02d}"
-    return read_records(d / "sft.jsonl", SFTExample), read_records(d / "dpo.jsonl", PreferencePair)
+    rd = RunDir(run_dir)
+    return rd.read(iteration, "sft"), rd.read(iteration, "dpo")
 
 
 def split_prompt(prompt: list[dict[str, str]], rid: str) -> tuple[str, list[tuple[str, str]], str]:
@@ -213,7 +214,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, iterati
         raise ExportError("--push-to-hub works with --format hf")
     t = find_iteration(run_dir, iteration)
     sft, dpo = load_sets(run_dir, t)
-    target = Path(out) if out else run_dir / "export" / fmt
+    target = Path(out) if out else RunDir(run_dir).export_dir / fmt
     target.mkdir(parents=True, exist_ok=True)
     if fmt == "llamafactory":
         written = llamafactory(sft, dpo, target)

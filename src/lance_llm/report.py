@@ -28,14 +28,15 @@ from typing import Any
 
 import yaml
 
-from .drift import MAX_ROUGE_TEXTS, diversity, drift_markdown, drift_rows, generated_groups
-from .funnel import COLUMNS
+from .config import ConfigError, build_config
+from .drift import DIVERSITY_METRICS, MAX_ROUGE_TEXTS, diversity, drift_rows, generated_groups
+from .funnel import columns
 from .judge.reliability import degraded_check, raw_score
-from .records import PreferencePair, Sample, SFTExample, atomic_write_text, read_records
-from .rundir import RunDirError
+from .records import atomic_write_text
+from .rundir import RunDir, RunDirError
+from .stage import Stage
+from .stages import ITERATION, PREPARE, producer
 
-ITER_STAGES = ["review_seed", "generate", "clean", "review_generated", "annotate", "train"]
-LLM_STAGES = {"review_seed", "generate", "review_generated"}
 N_EXAMPLES = 3
 MAX_CHARS = 1500  # per shown text; a runaway generation should not bury the page
 NA = '<p class="na">not reached</p>'
@@ -102,17 +103,18 @@ def _guard(fn: Callable[..., str], *args: Any) -> str:
 
 # -- reading the run directory ---------------------------------------------------------------
 class Run:
+    """A run directory as the report reads it: tolerant of missing and unreadable parts."""
+
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.meta = self.json(root / "run.json") or {}
+        self.root, self.rd = root, RunDir(root)
+        self.meta = self.json(self.rd.run_json) or {}
         try:
-            cfg = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
+            cfg = yaml.safe_load(self.rd.config_yaml.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             cfg = None
         self.cfg: dict[str, Any] = cfg if isinstance(cfg, dict) else {}
-        found = [int(p.name[5:]) for p in root.glob("iter_[0-9][0-9]*") if p.is_dir() and p.name[5:].isdigit()]
         planned = self.cfg.get("iterations") if isinstance(self.cfg.get("iterations"), int) else 0
-        self.iterations = list(range(1, max([planned, *found]) + 1))
+        self.iterations = list(range(1, max([planned, *self.rd.iterations()]) + 1))
 
     @staticmethod
     def json(path: Path) -> Any:
@@ -127,24 +129,26 @@ class Run:
             node = node.get(key) if isinstance(node, dict) else None
         return node
 
-    def dir(self, t: int) -> Path:
-        return self.root / f"iter_{t:02d}"
+    def enabled(self, stages: tuple[Stage, ...]) -> list[str]:
+        """Names of the stages this run's config runs (all of them if the config does not load)."""
+        try:
+            cfg = build_config(self.cfg)
+        except ConfigError:
+            return [s.name for s in stages]
+        return [s.name for s in stages if s.when(cfg)]
 
     def manifest(self, t: int, stage: str) -> dict[str, Any] | None:
-        m = self.json(self.dir(t) / f"{stage}.manifest.json")
-        return m if isinstance(m, dict) else None
+        return self.rd.manifest(t, stage)
 
     def stats(self, t: int, stage: str) -> dict[str, Any] | None:
-        m = self.manifest(t, stage)
-        return m.get("stats") if m else None
+        return self.rd.stats(t, stage)
 
-    def records(self, t: int, name: str, cls: type) -> list | None:
-        """The records of iter_NN/NAME, or None when the file was never written (not reached)."""
-        path = self.dir(t) / name
-        return read_records(path, cls) if path.is_file() else None
+    def records(self, t: int, name: str) -> list | None:
+        """The records of set `name` in iteration t, or None when it was never written (not reached)."""
+        return self.rd.read(t, name) if self.rd.path(t, name).is_file() else None
 
     def funnel(self, t: int) -> dict[str, Any] | None:
-        row = self.json(self.dir(t) / "funnel.json")
+        row = self.json(self.rd.funnel_json(t))
         return row if isinstance(row, dict) else None
 
 
@@ -174,21 +178,22 @@ def header(run: Run) -> str:
 
 
 def funnel_table(run: Run) -> str:
-    names = [name for name, _ in COLUMNS]
-    head = "".join(f'<th title="{esc(desc)}">{esc(name)}</th>' for name, desc in COLUMNS)
+    cols = [c for c in columns(ITERATION) if c.style == "cell"]
+    names = [c.name for c in cols]
+    head = "".join(f'<th title="{esc(c.description)}">{esc(c.name)}</th>' for c in cols)
     rows = []
     for t in run.iterations:
         row = run.funnel(t)
         cells = ("".join(f"<td>{esc(row.get(n, ''))}</td>" for n in names) if row else
                  f'<td>{t}</td><td class="l na" colspan="{len(names) - 1}">not reached</td>')
         rows.append(f"<tr>{cells}</tr>")
-    legend = "".join(f"<li><b>{esc(n)}</b>: {esc(d)}</li>" for n, d in COLUMNS)
+    legend = "".join(f"<li><b>{esc(c.name)}</b>: {esc(c.description)}</li>" for c in cols)
     return (f'<table id="funnel"><tr>{head}</tr>{"".join(rows)}</table>'
             f"<details><summary>What the columns count</summary><ul>{legend}</ul></details>")
 
 
 def clean_drops(run: Run) -> str:
-    per_iter = {t: run.stats(t, "clean") for t in run.iterations}
+    per_iter = {t: run.stats(t, producer("cleaned")) for t in run.iterations}
     rules = sorted({k for st in per_iter.values() if st for k, v in st.items() if k not in ("input", "kept") and v})
     rows = []
     for t, st in per_iter.items():
@@ -236,10 +241,7 @@ def stage_table(run: Run, t: int, stages: list[str]) -> str:
 
 
 def parse_failures(run: Run, t: int) -> str:
-    spec = [("judge, seed review", "review_seed", "reply_parse_failures", "replies"),
-            ("generator, new instructions", "generate", "instruction_parse_failures", "instruction_replies"),
-            ("generator, degraded answers", "generate", "degrade_parse_failures", "degrade_replies"),
-            ("judge, generated review", "review_generated", "reply_parse_failures", "replies")]
+    spec = [(label, stage.name, failed, of) for stage in ITERATION for label, failed, of in stage.parse]
     rows = []
     for label, stage, failed, of in spec:
         st = run.stats(t, stage)
@@ -249,8 +251,8 @@ def parse_failures(run: Run, t: int) -> str:
 
 
 def score_histogram(run: Run, t: int) -> str:
-    seed = run.records(t, "seed_reviewed.jsonl", Sample)
-    gen = run.records(t, "reviewed.jsonl", Sample)
+    seed = run.records(t, "seed_reviewed")
+    gen = run.records(t, "reviewed")
     if seed is None and gen is None:
         return NA
     groups = {"seed": seed or [], "generated": gen or []}
@@ -277,7 +279,7 @@ def score_histogram(run: Run, t: int) -> str:
 
 
 def margins(run: Run, t: int) -> str:
-    pairs = run.records(t, "dpo_new.jsonl", PreferencePair)
+    pairs = run.records(t, "dpo_new")
     if pairs is None:
         return NA
     if not pairs:
@@ -297,7 +299,7 @@ def margins(run: Run, t: int) -> str:
 
 
 def diversity_table(run: Run, t: int) -> str:
-    gen = run.records(t, "generated.jsonl", Sample)
+    gen = run.records(t, "generated")
     if gen is None:
         return NA
     texts = generated_groups(gen)
@@ -308,11 +310,18 @@ def diversity_table(run: Run, t: int) -> str:
 
 
 def drift_table(run: Run) -> str:
+    """Diversity of instructions and responses, and survival per cleaning rule, per iteration."""
     rows = drift_rows(run.root)
     if not rows:
         return NA
-    md = drift_markdown(rows)
-    return f"<pre>{esc(md)}</pre>"
+    groups = (("instructions", "new instructions"), ("responses", "responses"))
+    div = _table(["iter", *(f"{label}: {esc(m)}" for _, label in groups for m in DIVERSITY_METRICS)],
+                 [[str(r["iter"]), *(fmt(r[g][m]) for g, _ in groups for m in DIVERSITY_METRICS)] for r in rows])
+    rules = list(next((r["survival"] for r in rows if r["survival"]), {}))
+    surv = _table(["iter", *map(esc, rules), "kept share"],
+                  [[str(r["iter"]), *(fmt((r["survival"] or {}).get(k)) for k in rules), fmt(r["kept share"])]
+                   for r in rows])
+    return div + "<h3>Survival per cleaning rule</h3>" + surv
 
 
 def _pick(items: list, t: int) -> list:
@@ -326,8 +335,8 @@ def _text(msgs: list[dict[str, str]], role: str) -> str:
 
 
 def examples(run: Run, t: int) -> str:
-    sft = run.records(t, "sft_new.jsonl", SFTExample)
-    pairs = run.records(t, "dpo_new.jsonl", PreferencePair)
+    sft = run.records(t, "sft_new")
+    pairs = run.records(t, "dpo_new")
     out = ["<h3>Accepted SFT examples</h3>"]
     if sft is None:
         out.append(NA)
@@ -347,13 +356,13 @@ def examples(run: Run, t: int) -> str:
 
 def iteration(run: Run, t: int) -> str:
     head = f'<h2 id="iter-{t}">Iteration {t}</h2>'
-    if not run.dir(t).is_dir():
+    if not run.rd.iter_dir(t).is_dir():
         return head + NA
     plots = (f'<div class="plots pair"><div>{_guard(score_histogram, run, t)}</div>'
              f"<div>{_guard(margins, run, t)}</div></div>")
     return (head + f"<h3>Judge scores and pair margins</h3>{plots}"
             f'<div class="plots"><div><h3>Time, LLM calls and tokens per stage</h3>'
-            f"{_guard(stage_table, run, t, ITER_STAGES)}"
+            f"{_guard(stage_table, run, t, run.enabled(ITERATION))}"
             f"</div><div><h3>Parse failures</h3>{_guard(parse_failures, run, t)}</div></div>"
             f"<h3>Diversity of the generated text</h3>{_guard(diversity_table, run, t)}"
             '<p class="muted">distinct-n: distinct / all n-grams of lower-cased words; self-ROUGE-L: mean pairwise '
@@ -362,7 +371,7 @@ def iteration(run: Run, t: int) -> str:
 
 
 def evaluation(run: Run) -> str:
-    path = run.root / "eval" / "results.json"
+    path = run.rd.eval_dir / "results.json"
     if not path.is_file():
         return "<p>No evaluation was run (no <code>eval/results.json</code>).</p>"
     # (model, iteration, {bench: score}); a row without an iteration is a reference model
@@ -396,7 +405,7 @@ def degraded_table(run: Run) -> str:
     """Per iteration: did the run's own judge score each degraded answer below its seed answer?"""
     rows = []
     for t in run.iterations:
-        seed, gen = run.records(t, "seed_reviewed.jsonl", Sample), run.records(t, "reviewed.jsonl", Sample)
+        seed, gen = run.records(t, "seed_reviewed"), run.records(t, "reviewed")
         if seed is None or gen is None:
             continue
         r = degraded_check(seed, gen)
@@ -412,7 +421,7 @@ def degraded_table(run: Run) -> str:
 
 def judge(run: Run) -> str:
     """Judge reliability (issue 7): RUN_DIR/judge.json, written by `lance judge RUN_DIR`."""
-    path = run.root / "judge.json"
+    path = run.rd.judge_json
     if not path.is_file():
         return "<p>Judge reliability on labelled pairs was not measured (run <code>lance judge RUN_DIR</code>).</p>"
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -444,7 +453,7 @@ def render(run_dir: Path) -> str:
         "reaching it that it lets through. Falling distinct-n, rising self-ROUGE-L or falling survival "
         "over iterations is the loop narrowing its own data.</p>",
         '<h2 id="iter-0">Iteration 0 (seed, M_0)</h2>',
-        _guard(stage_table, run, 0, ["prepare"] if run.conf("train.m0_sft") is False else ["prepare", "train"]),
+        _guard(stage_table, run, 0, run.enabled(PREPARE)),
         *(iteration(run, t) for t in run.iterations),
         '<h2 id="evaluation">Evaluation</h2>', _guard(evaluation, run),
         '<h2 id="judge">Judge reliability</h2>', _guard(degraded_table, run), _guard(judge, run),
@@ -457,9 +466,9 @@ def render(run_dir: Path) -> str:
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report of `run_dir` (default `run_dir/report.html`) atomically; return its path."""
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
+    if not RunDir(run_dir).run_json.is_file():
         raise RunDirError(f"{run_dir}: not a lance run directory (no run.json)")
-    out = Path(out) if out is not None else run_dir / "report.html"
+    out = Path(out) if out is not None else RunDir(run_dir).report
     atomic_write_text(out, render(run_dir))
     return out
 

@@ -94,8 +94,18 @@ def _join(instruction: str, context: str | None) -> str:
     return f"{instruction.strip()}\n\n{context.strip()}" if context and context.strip() else instruction.strip()
 
 
+def seed_file(cfg: DataConfig) -> Path:
+    return Path(cfg.seed_path) if cfg.seed_path else DEFAULT_SEED
+
+
+def review_examples_file(cfg: DataConfig) -> Path | None:
+    if cfg.review_examples_path == "":
+        return None
+    return Path(cfg.review_examples_path) if cfg.review_examples_path else DEFAULT_REVIEW_EXAMPLES
+
+
 def load_seed(cfg: DataConfig, seed: int = 0) -> list[Sample]:
-    path = Path(cfg.seed_path) if cfg.seed_path else DEFAULT_SEED
+    path = seed_file(cfg)
     if not path.exists():
         raise RecordError(f"{path}: seed file not found")
     samples: list[Sample] = []
@@ -143,9 +153,9 @@ def load_seed(cfg: DataConfig, seed: int = 0) -> list[Sample]:
 
 def load_review_examples(cfg: DataConfig) -> list[dict[str, Any]]:
     """Review (EFT) examples: instruction, response, rationale, integer score 0-10."""
-    if cfg.review_examples_path == "":
+    path = review_examples_file(cfg)
+    if path is None:
         return []
-    path = Path(cfg.review_examples_path) if cfg.review_examples_path else DEFAULT_REVIEW_EXAMPLES
     out = []
     for where, row in _rows(path, "auto"):
         ex = {k: _field(where, row, k) for k in ("instruction", "response", "rationale")}

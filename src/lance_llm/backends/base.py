@@ -10,6 +10,7 @@ A request is a plain, hashable value so the durable cache can key on it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -116,6 +117,25 @@ def reduce_logprobs(values: Sequence[float], per_token: bool) -> float:
 def request_hash(fingerprint: str, request: GenerateRequest | ScoreRequest) -> str:
     blob = json.dumps({"model": fingerprint, **request.key()}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ChatTemplate:
+    """Prompts rendered with the model's own chat template, for every backend that holds the
+    checkpoint's Hugging Face tokenizer as `self.tok` (in-process, vLLM, a server scored locally)."""
+
+    tok: Any
+
+    def render(self, messages: Sequence[Message]) -> str:
+        chat = [{"role": r, "content": c} for r, c in messages]
+        return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    @functools.cached_property
+    def end_of_turn(self) -> str:
+        return end_of_turn_text(self.tok)
+
+    def _ids(self, text: str) -> list[int]:
+        # the chat template already carries any special tokens the model needs
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
 
 class Backend(ABC):

@@ -20,7 +20,6 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import inspect
 import itertools
@@ -30,16 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .base import (
-    Backend,
-    GenerateRequest,
-    Message,
-    ScoreRequest,
-    common_prefix,
-    end_of_turn_text,
-    reduce_logprobs,
-    score_targets,
-)
+from . import BackendSpec, register
+from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, common_prefix, reduce_logprobs, score_targets
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +53,7 @@ def pick_dtype(name: str) -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
-class HFBackend(Backend):
+class HFBackend(ChatTemplate, Backend):
     def __init__(
         self,
         path: str | Path,
@@ -98,19 +89,6 @@ class HFBackend(Backend):
         # warns on `past_key_values` and drops it in 5.40 (inside our range); older 5.x only know that
         self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         log.info("loaded %s (%s, %s)", path, self.dtype, self.device)
-
-    # -- prompts ---------------------------------------------------------------------------
-    def render(self, messages: Sequence[Message]) -> str:
-        chat = [{"role": r, "content": c} for r, c in messages]
-        return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-
-    @functools.cached_property
-    def end_of_turn(self) -> str:
-        return end_of_turn_text(self.tok)
-
-    def _ids(self, text: str) -> list[int]:
-        # the chat template already carries any special tokens the model needs
-        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -363,3 +341,18 @@ def _warpers(temperature: float, top_p: float) -> list | None:
     return warp
 
 
+
+
+def _build(cfg, path: Path, fingerprint: str) -> HFBackend:
+    return HFBackend(path, fingerprint, batch_size=cfg.backend.batch_size, dtype=cfg.model.dtype,
+                     threads=cfg.backend.hf.threads, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def _numerics(cfg) -> dict[str, str]:
+    # the dtype as resolved here ("auto" is bf16 on a CPU with native bf16, fp32 elsewhere); batch
+    # size is left out: every row samples from its own seeded generator (see generate)
+    return {"dtype": str(pick_dtype(cfg.model.dtype)).removeprefix("torch."),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+register(BackendSpec("hf", build=_build, numerics=_numerics))

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import logging
 import math
 import os
@@ -52,7 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, GenerateRequest, Message, ScoreRequest, end_of_turn_text, score_targets
+from . import BackendSpec, register
+from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, score_targets
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ManagedServer:
                 self.proc.wait()
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(ChatTemplate, Backend):
     def __init__(self, cfg: Any, fingerprint: str, tokenizer_path: str | Path | None = None,
                  server: ManagedServer | None = None) -> None:
         from openai import OpenAI  # the client is an optional dependency: lance-llm[openai]
@@ -187,17 +187,6 @@ class OpenAIBackend(Backend):
 
             self._tok = AutoTokenizer.from_pretrained(str(self._tokenizer_path))
         return self._tok
-
-    def render(self, messages: Sequence[Message]) -> str:
-        chat = [{"role": r, "content": c} for r, c in messages]
-        return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-
-    @functools.cached_property
-    def end_of_turn(self) -> str:
-        return end_of_turn_text(self.tok)
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         # The server scores text. Whole responses (the likelihood judge: per-token means, the
@@ -320,3 +309,32 @@ class OpenAIBackend(Backend):
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+
+def _build(cfg: Any, path: Path, fingerprint: str) -> OpenAIBackend:
+    oc = cfg.backend.openai
+    if not oc.serve_command:
+        log.warning("backend.openai: the server at %s keeps serving its own weights; this run trains %s, "
+                    "which that server never sees (set backend.openai.serve_command, see README)", oc.base_url, path)
+    server = ManagedServer(oc.serve_command, path, oc.base_url, oc.serve_wait_s) if oc.serve_command else None
+    try:  # the checkpoint gives the chat template that scoring renders locally
+        return OpenAIBackend(oc, fingerprint, tokenizer_path=path, server=server)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+
+
+def _identity(cfg: Any, path: Path) -> str:
+    """A server we start on the checkpoint serves its weights (perhaps converted: other numerics);
+    one we do not start is known only by name, address and the user's revision."""
+    oc = cfg.backend.openai
+    if not oc.serve_command:
+        return remote_fingerprint(oc.served_model or "default", oc.base_url, oc.revision)
+    from .. import models
+
+    return f"served:{models.fingerprint(path)}" + (f"#{oc.revision}" if oc.revision else "")
+
+
+register(BackendSpec("openai", build=_build, identity=_identity, numerics=lambda cfg: {
+    "score_method": cfg.backend.openai.score_method, "plain_sampling": cfg.backend.openai.plain_sampling}))

@@ -42,7 +42,7 @@ class _Worker:
 
     def __init__(self, config: dict[str, Any], model_path: str, fingerprint: str) -> None:
         from ..config import build_config
-        from ..loop import make_backend
+        from . import make_backend
 
         config = {**config, "backend": {**config["backend"], "distributed": "none"}}
         self.backend = make_backend(build_config(config), Path(model_path), fingerprint)

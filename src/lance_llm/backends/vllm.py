@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import importlib
 import logging
@@ -36,15 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import (
-    Backend,
-    GenerateRequest,
-    Message,
-    ScoreRequest,
-    end_of_turn_text,
-    reduce_logprobs,
-    score_targets,
-)
+from . import BackendSpec, register
+from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, reduce_logprobs, score_targets
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +130,7 @@ class _Replica:
             self.proc.join()
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(ChatTemplate, Backend):
     def __init__(self, path: str | Path, fingerprint: str, cfg: Any, dtype: str = "auto",
                  trust_remote_code: bool = False, module: str = "vllm", tokenizer: Any = None) -> None:
         self.cfg = cfg
@@ -197,17 +189,6 @@ class VLLMBackend(Backend):
             rep.send(method, arg)
         for rep in self.replicas:
             rep.receive()
-
-    def render(self, messages: Sequence[Message]) -> str:
-        chat = [{"role": r, "content": c} for r, c in messages]
-        return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-
-    @functools.cached_property
-    def end_of_turn(self) -> str:
-        return end_of_turn_text(self.tok)
-
-    def _ids(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     # -- the interface ---------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
@@ -276,3 +257,12 @@ class VLLMBackend(Backend):
             import torch
 
             torch.cuda.empty_cache()
+
+
+def _build(cfg: Any, path: Path, fingerprint: str) -> VLLMBackend:
+    return VLLMBackend(path, fingerprint, cfg.backend.vllm, dtype=cfg.model.dtype,
+                       trust_remote_code=cfg.model.trust_remote_code)
+
+
+register(BackendSpec("vllm", build=_build, numerics=lambda cfg: {
+    "dtype": cfg.model.dtype, "tensor_parallel": cfg.backend.vllm.tensor_parallel_size}))

@@ -31,6 +31,7 @@ from typing import Any
 from .. import models
 from ..config import EvalConfig
 from ..records import atomic_write_text
+from ..rundir import RunDir
 from . import harness, ifeval, table
 from .data import SOURCES, EvalDataError
 from .ifeval import IFEvalError
@@ -73,17 +74,13 @@ def check(cfg: EvalConfig) -> None:
                         f"{', '.join(evaluated) or 'none'})")
 
 
-def _finished(iter_dir: Path) -> bool:
-    """A trained model of this iteration exists and its train stage completed (manifest written last)."""
-    return (iter_dir / "model" / "config.json").exists() and (iter_dir / "train.manifest.json").exists()
-
-
 def run_targets(run_dir: Path, cache_dir: str | None = None) -> list[Target]:
     """base, M_0 (if trained), M_1..M_T of a run directory, in order; unfinished iterations skipped."""
+    rd = RunDir(run_dir)
     try:
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        info = json.loads(rd.run_json.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise EvalError(f"{run_dir / 'run.json'}: unreadable ({e}); is this a lance run directory?") from e
+        raise EvalError(f"{rd.run_json}: unreadable ({e}); is this a lance run directory?") from e
     base = info.get("base_model") or {}
     base_path = Path(str(base.get("path", "")))
     if base_path.is_dir() and (base_path / "config.json").exists():
@@ -92,17 +89,15 @@ def run_targets(run_dir: Path, cache_dir: str | None = None) -> list[Target]:
         src = base.get("source") or "smollm2-135m"
         m = models.resolve(src, cache_dir)
         targets = [Target("base", None, m.path, m.fingerprint)]
-    for d in sorted(run_dir.glob("iter_[0-9][0-9]")):
-        t = int(d.name[5:])
-        if _finished(d):
-            targets.append(Target(f"M_{t}", t, d / "model", models.fingerprint(d / "model")))
+    for t, path in rd.finished_models():
+        targets.append(Target(f"M_{t}", t, path, models.fingerprint(path)))
     return targets
 
 
 def targets_for(source: str, cache_dir: str | None = None) -> tuple[list[Target], Path | None]:
     """Targets for MODEL_OR_RUN, and the run directory when it is one."""
     p = Path(source).expanduser()
-    if p.is_dir() and (p / "run.json").exists():
+    if p.is_dir() and RunDir(p).run_json.exists():
         return run_targets(p, cache_dir), p
     m = models.resolve(source, cache_dir)
     return [Target(source, None, m.path, m.fingerprint)], None
@@ -227,7 +222,7 @@ class Evaluator:
 
 def default_out(source: str, run_dir: Path | None) -> Path:
     if run_dir is not None:
-        return run_dir / "eval"
+        return RunDir(run_dir).eval_dir
     name = Path(source).name.removesuffix(".gguf") or "model"
     return Path("eval") / name
 

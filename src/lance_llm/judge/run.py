@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..rundir import RunDir
 from .pairs import load_pairs, select
 from .reliability import agreement, judge_reliability, markdown
 
@@ -27,19 +28,19 @@ log = logging.getLogger(__name__)
 
 def model_of(source: str) -> tuple[str, Path | None]:
     """(model source, run dir or None): a run dir stands for its latest trained model."""
-    p = Path(source)
-    if (p / "run.json").exists():
-        models = sorted(p.glob("*/model/config.json"), key=lambda m: m.parent.parent.name)
-        if not models:
-            raise FileNotFoundError(f"{p}: no trained model in this run dir yet (*/model/config.json)")
-        return str(models[-1].parent), p
+    rd = RunDir(source)
+    if rd.run_json.exists():
+        latest = rd.latest_model()
+        if latest is None:
+            raise FileNotFoundError(f"{source}: no trained model in this run dir yet")
+        return str(latest), rd.root
     return source, None
 
 
 def run_judge(cfg: Config, source: str, modes: list[str], split: str | None, limit: int | None,
               out: Path | None, seed_file: str | None = None, backend: Any = None) -> dict[str, Any]:
     from .. import models
-    from ..loop import make_backend
+    from ..backends import make_backend
     from ..prompts import load
 
     src, run_dir = model_of(source)

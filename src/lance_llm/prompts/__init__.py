@@ -25,20 +25,11 @@ def load(name: str) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-#: the templates every run uses; a review mode's own ones count only for that mode
-CORE = ("system", "review", "new_instruction", "degrade_response")
-CRITERIA = ("criteria", "criterion_question", "criterion_response")
-MODE_TEMPLATES = {"criteria": CRITERIA, "combined": CRITERIA, "likelihood": ("neutral_instruction",)}
-
-
-def templates_hash(names: tuple[str, ...] = CORE) -> str:
-    """A hash of the templates a run uses, so it redoes the LLM stages when one of them is edited,
-    and a template it does not use (a review mode it is not in) never makes it redo anything."""
-    h = hashlib.sha256()
-    for path in sorted(HERE / f"{name}.txt" for name in names):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+def digest(name: str, text: str | None = None) -> str:
+    """A short hash of template `name` (or of `text`, the form a run uses, e.g. its own system
+    prompt); stage manifests record one per template the stage renders."""
+    body = (HERE / f"{name}.txt").read_bytes() if text is None else text.encode("utf-8")
+    return hashlib.sha256(body).hexdigest()[:16]
 
 
 def render(template: str, **values: str) -> str:

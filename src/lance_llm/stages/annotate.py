@@ -3,16 +3,19 @@
 Reads the reviewed candidates of this iteration and the reviewed seed; writes
 - SFT examples: "new" candidates scored > `sft_threshold` (instruction and response longer than
   `min_chars`), with the system prompt, in TRL's prompt-completion format;
-- preference pairs: per high-quality seed, candidates = its surviving degraded responses + the
-  original response. r = the lowest-scored candidate; every candidate c with
-  score(c) - score(r) > `pair_margin` gives (chosen=c, rejected=r). Unscored candidates take no
+- preference pairs: per seed with degraded candidates (the generate stage degrades the
+  high-quality seeds only), candidates = its surviving degraded responses + the original
+  response. r = the lowest-scored candidate; every candidate c with score(c) - score(r) >
+  `pair_margin` gives (chosen=c, rejected=r). Unscored candidates take no
   part, and ties never form a pair (the margin is strict and never negative);
 - the next seed: "code" rule (reference implementation) = this iteration's reviewed new pairs
   (both branches) + reviewed Seed_0; "paper" rule = the current seed + this iteration's pairs;
 - accumulation: SFT_t = SFT of iteration t + SFT_{t-1}; DPO likewise; shuffled with a fixed seed.
 
     sft = select_sft(reviewed, cfg.annotate, system, iteration=1)
-    pairs = make_pairs(high_seeds, reviewed, cfg.annotate, system, iteration=1)
+    pairs = make_pairs(seeds, reviewed, cfg.annotate, system, iteration=1)
+
+ANNOTATE, at the end, is the step as the loop runs it (step 6).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from ..config import AnnotateConfig
-from ..records import PreferencePair, Sample, SFTExample, assistant, chat_prompt
+from ..records import PreferencePair, Sample, SFTExample, assistant, chat_prompt, stable_int
+from ..stage import Column, Stage, StageContext
 
 T = TypeVar("T", SFTExample, PreferencePair, Sample)
 
@@ -41,14 +45,15 @@ def select_sft(reviewed: Sequence[Sample], cfg: AnnotateConfig, system: str, ite
 
 
 def make_pairs(
-    high_seeds: Sequence[Sample], reviewed: Sequence[Sample], cfg: AnnotateConfig, system: str, iteration: int
+    seeds: Sequence[Sample], reviewed: Sequence[Sample], cfg: AnnotateConfig, system: str, iteration: int
 ) -> list[PreferencePair]:
+    """Pairs for the seeds (in their order) that have degraded candidates among `reviewed`."""
     degraded: dict[str, list[Sample]] = {}
     for s in reviewed:
         if s.origin == "degraded" and s.parent_id is not None:
             degraded.setdefault(s.parent_id, []).append(s)
     pairs = []
-    for seed in high_seeds:
+    for seed in seeds:
         # the original first, so that among equally low candidates the choice of r is stable
         candidates = [c for c in [seed, *degraded.get(seed.id, [])] if c.score is not None]
         if len(candidates) < 2:
@@ -110,3 +115,30 @@ def shuffled(records: Sequence[T], rng_seed: int) -> list[T]:
 
 def accumulate(previous: Sequence[T], new: Sequence[T], rng_seed: int) -> list[T]:
     return shuffled(union_by_id(previous, new), rng_seed)
+
+
+def run_annotate(ctx: StageContext) -> dict:
+    cfg, t = ctx.cfg, ctx.t
+    reviewed, seed = ctx.read("reviewed"), ctx.read("seed_reviewed")
+    sft_new = select_sft(reviewed, cfg.annotate, ctx.system, t)
+    pairs = make_pairs(seed, reviewed, cfg.annotate, ctx.system, t)
+    # Seed_0 as reviewed in this iteration's step 1 (ids of Seed_0 are kept through the loop)
+    seed0_ids = {s.id for s in ctx.read("seed@0")}
+    nxt = next_seed(reviewed, [s for s in seed if s.id in seed0_ids], seed, cfg.annotate.next_seed,
+                    stable_int(cfg.seed, "next", t))
+    sft = accumulate(ctx.read("sft@prev"), sft_new, stable_int(cfg.seed, "sft", t))
+    dpo = accumulate(ctx.read("dpo@prev"), pairs, stable_int(cfg.seed, "dpo", t))
+    for name, records in (("sft_new", sft_new), ("dpo_new", pairs), ("sft", sft), ("dpo", dpo), ("next_seed", nxt)):
+        ctx.write(name, records)
+    return {"sft_new": len(sft_new), "pairs_new": len(pairs), "sft_total": len(sft), "dpo_total": len(dpo),
+            "next_seed": len(nxt), "paired_seeds": len({p.parent_id for p in pairs})}
+
+
+ANNOTATE = Stage(
+    name="annotate", reads=("reviewed", "seed_reviewed", "seed@0", "sft@prev", "dpo@prev"),
+    writes=("sft_new", "dpo_new", "sft", "dpo", "next_seed"), config=("annotate", "seed"), templates=("system",),
+    run=run_annotate,
+    funnel=(Column("SFT kept", "new pairs scored above the SFT threshold", lambda st: st["sft_new"]),
+            Column("pairs", "preference pairs made", lambda st: st["pairs_new"]),
+            Column("SFT total", "accumulated SFT examples trained on", lambda st: st["sft_total"]),
+            Column("DPO total", "accumulated preference pairs trained on", lambda st: st["dpo_total"])))

@@ -6,7 +6,7 @@ is a `Sample` with origin "new" (a new instruction written from a low-scored see
 responses; several candidates share one instruction) or "degraded" (a high-scored seed's own
 instruction with a degraded response). Returns the surviving candidates in input order, one record
 per dropped candidate with its reason, and counts. Writes nothing; the only disk access is reading
-the decontamination files.
+the decontamination files. CLEAN, at the end, is the step as the loop runs it.
 
     grams = load_decontamination(cfg.clean.decontaminate_paths, cfg.clean.decontaminate_field,
                                  cfg.clean.decontaminate_ngram)
@@ -47,12 +47,14 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rouge_score import rouge_scorer, tokenizers
 
-from lance_llm.config import CleanConfig
-from lance_llm.records import RecordError, Sample, iter_jsonl
+from ..config import CleanConfig
+from ..records import RecordError, Sample, iter_jsonl
+from ..stage import Column, Stage, StageContext
 
 REASONS: tuple[str, ...] = (
     "contaminated",
@@ -423,3 +425,28 @@ def clean(
     assert counts["input"] == counts["kept"] + sum(counts[r] for r in REASONS), counts
     result.counts = counts
     return result
+
+
+def run_clean(ctx: StageContext) -> dict:
+    """Step 4 inside the loop: `seen` = the texts of this iteration's seed, Seed_0 and every
+    earlier iteration's cleaned candidates."""
+    cfg = ctx.cfg.clean
+    seed = ctx.read("seed_reviewed")
+    seen: set[str] = set()
+    for s in [*seed, *ctx.read("seed@0"), *ctx.read("cleaned@earlier")]:
+        seen.update((normalize(s.instruction), normalize(s.response)))
+    contamination = load_decontamination(cfg.decontaminate_paths, cfg.decontaminate_field, cfg.decontaminate_ngram)
+    result = clean({s.id: s for s in seed}, ctx.read("generated"), cfg, seen=seen, contamination=contamination)
+    ctx.write("cleaned", result.kept)
+    ctx.write("clean_dropped", result.dropped)
+    return dict(result.counts)
+
+
+CLEAN = Stage(
+    name="clean", reads=("generated", "seed_reviewed", "seed@0", "cleaned@earlier"),
+    writes=("cleaned", "clean_dropped"), config=("clean",), run=run_clean,
+    files=lambda cfg: {f"decontam{i}": Path(p) for i, p in enumerate(cfg.clean.decontaminate_paths)},
+    funnel=(Column("generated", "candidates entering cleaning", lambda st: st["input"]),
+            Column("cleaned", "candidates kept by cleaning", lambda st: st["kept"]),
+            Column("clean drops", "Clean drops by rule", style="line",
+                   value=lambda st: {k: v for k, v in st.items() if k not in ("input", "kept") and v})))

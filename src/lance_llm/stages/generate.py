@@ -25,6 +25,7 @@ from ..backends.base import Backend, GenerateRequest, Sampling
 from ..config import GenerateConfig, SamplingConfig
 from ..prompts import load, render
 from ..records import Sample, make_id, stable_int
+from ..stage import Column, Stage, StageContext
 
 _FINAL_RE = re.compile(r"final\s*answer\s*\**\s*[:：]\s*\**", re.IGNORECASE)
 # Small models keep writing after their answer, often a new worked example; a template section
@@ -160,3 +161,26 @@ def generate(
             ))
         stats.degraded_responses += len(parsed)
     return candidates, stats
+
+
+def run_generate(ctx: StageContext) -> dict:
+    """Steps 2 and 3: split the reviewed seed on the threshold, then write for both branches."""
+    cfg = ctx.cfg
+    low, high, unscored = split(ctx.read("seed_reviewed"), cfg.generate.threshold)
+    cands, st = generate(low, high, ctx.backend, cfg.generate, ctx.system, ctx.t, cfg.seed)
+    ctx.write("generated", cands)
+    return {**st.to_dict(), "unscored_seeds": len(unscored), "candidates": len(cands)}
+
+
+GENERATE = Stage(
+    name="generate", reads=("seed_reviewed",), writes=("generated",), config=("generate", "seed"),
+    templates=("system", "new_instruction", "degrade_response"), needs="backend", run=run_generate,
+    parse=(("generator, new instructions", "instruction_parse_failures", "instruction_replies"),
+           ("generator, degraded answers", "degrade_parse_failures", "degrade_replies")),
+    funnel=(Column("low", "score <= threshold: rewrite branch", lambda st: st["low_seeds"]),
+            Column("high", "score > threshold: degrade branch", lambda st: st["high_seeds"]),
+            Column("new instr.", "new instructions parsed from the model's replies", lambda st: st["new_instructions"]),
+            Column("new resp.", "responses written to new instructions", lambda st: st["new_responses"]),
+            Column("degraded", "degraded responses parsed", lambda st: st["degraded_responses"]),
+            Column("parse fail", "judge replies + generation replies that did not parse",
+                   lambda st: st["instruction_parse_failures"] + st["degrade_parse_failures"], total=True)))

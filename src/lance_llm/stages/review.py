@@ -29,6 +29,8 @@ The modes (config `review.mode`):
   on small models (BENCHMARKS.md, "Judge"). An empty response is unscored, not scored.
 
     reviewed, stats = review(samples, backend, cfg.review, system_prompt, seed=0)
+
+The stages REVIEW_SEED (step 1) and REVIEW_GENERATED (step 5) at the end run it inside the loop.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..backends.base import Backend, GenerateRequest, Sampling, ScoreRequest
-from ..config import LikelihoodConfig, ReviewConfig
+from ..config import Config, LikelihoodConfig, ReviewConfig
 from ..prompts import load, render
 from ..records import Review, Sample, stable_int
+from ..stage import Column, Stage, StageContext
 
 SCORE_TOKENS = tuple(str(i) for i in range(11))
 SCORE_PREFIX = "score: "
@@ -261,3 +264,66 @@ def _likelihood(samples: Sequence[Sample], backend: Backend, cfg: LikelihoodConf
         else:  # a backend that could not score some part (a server's top-k ran out): not a 0
             reviews.append(Review(mode="likelihood", score=None, samples=[None], parse_failures=1))
     return reviews
+
+
+# -- the two review stages (the method's steps 1 and 5) -------------------------------------
+#: the templates each mode renders (likelihood renders no rubric and no system prompt)
+MODE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "sampled": ("system", "review"), "expected": ("system", "review"),
+    "criteria": ("system", "criteria", "criterion_question", "criterion_response"),
+    "combined": ("system", "review", "criteria", "criterion_question", "criterion_response"),
+    "likelihood": ("neutral_instruction",),
+}
+
+
+def review_keys(cfg: Config) -> tuple[str, ...]:
+    """The review settings the current mode reads (request seeds only matter when sampling)."""
+    keys = ("review.mode", "review.scale")
+    if cfg.review.mode == "sampled":
+        keys += ("review.samples", "review.sampling", "seed")
+    if cfg.review.mode == "likelihood":
+        keys += ("review.likelihood",)
+    return keys
+
+
+def _templates(cfg: Config) -> tuple[str, ...]:
+    return MODE_TEMPLATES[cfg.review.mode]
+
+
+def run_review_seed(ctx: StageContext) -> dict:
+    """Step 1: review the seed items that have no score yet; on the rank scale, rank them all."""
+    cfg, seed = ctx.cfg, ctx.read("seed_in")
+    todo = [s for s in seed if s.review is None]  # the method reviews unscored seeds only
+    done, st = review(todo, ctx.backend, cfg.review, ctx.system, stable_int(cfg.seed, ctx.t))
+    by_id = {s.id: s for s in done}
+    seed = [by_id.get(s.id, s) for s in seed]
+    if cfg.review.scale == "rank":
+        seed = rank_scale(seed, raw_scores(seed))
+    ctx.write("seed_reviewed", seed)
+    return {**st.to_dict(), "seed": len(seed), "already_reviewed": len(seed) - len(todo)}
+
+
+def run_review_generated(ctx: StageContext) -> dict:
+    """Step 5: review the cleaned candidates, on the same scale as the seed they are compared with."""
+    cfg = ctx.cfg
+    done, st = review(ctx.read("cleaned"), ctx.backend, cfg.review, ctx.system, stable_int(cfg.seed, ctx.t, "gen"))
+    if cfg.review.scale == "rank":
+        done = rank_scale(done, raw_scores(ctx.read("seed_reviewed")))
+    ctx.write("reviewed", done)
+    return st.to_dict()
+
+
+_PARSE_FAIL = "judge replies + generation replies that did not parse"
+REVIEW_SEED = Stage(
+    name="review_seed", reads=("seed_in",), writes=("seed_reviewed",), config=review_keys, templates=_templates,
+    needs="backend", run=run_review_seed, parse=(("judge, seed review", "reply_parse_failures", "replies"),),
+    funnel=(Column("seeds", "seed items", lambda st: st["seed"]),
+            Column("unscored seeds", "seed items whose review did not parse (no score, excluded)",
+                   lambda st: st["unscored"]),
+            Column("parse fail", _PARSE_FAIL, lambda st: st["reply_parse_failures"], total=True)))
+REVIEW_GENERATED = Stage(
+    name="review_generated", reads=("cleaned", "seed_reviewed"), writes=("reviewed",), config=review_keys,
+    templates=_templates, needs="backend", run=run_review_generated,
+    parse=(("judge, generated review", "reply_parse_failures", "replies"),),
+    funnel=(Column("reviewed", "cleaned candidates with a score", lambda st: st["scored"]),
+            Column("parse fail", _PARSE_FAIL, lambda st: st["reply_parse_failures"], total=True)))

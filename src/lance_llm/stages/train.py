@@ -5,6 +5,9 @@ conversational formats, unchanged) and writes plain safetensors checkpoints.
     sft = train_sft(base_dir, "sft.jsonl", out_dir / "sft", cfg.train, seed=0)
     final = train_dpo(sft.path, "dpo.jsonl", out_dir / "dpo", cfg.train, seed=0)
 
+TRAIN_M0 (iteration 0: SFT on SFT_0, when train.m0_sft) and TRAIN (iteration t: SFT then DPO) at
+the end are the steps as the loop runs them, through an injected trainer (lance_llm.launch.train).
+
 Why thin: TRL does the loss masking (prompt-completion data -> loss on the response only, i.e.
 the method's NLL objective), the sigmoid DPO loss and LoRA via peft. We only choose defaults and
 make the output a plain checkpoint the next iteration (or any tool) can load. With LoRA the
@@ -21,10 +24,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ..config import StepConfig, TrainConfig
-from ..records import atomic_dir
+from ..config import Config, StepConfig, TrainConfig
+from ..records import atomic_dir, stable_int
+from ..stage import Column, Stage, StageContext
 
 log = logging.getLogger(__name__)
 # TRL still passes `gradient_checkpointing`; the rename warning is transformers' business, not the user's
@@ -48,6 +50,8 @@ class TrainResult:
 def _use_bf16(setting: str) -> bool:
     if setting in ("true", "false"):
         return setting == "true"
+    import torch
+
     from ..backends.hf import cpu_has_bf16
 
     if torch.cuda.is_available():
@@ -56,6 +60,8 @@ def _use_bf16(setting: str) -> bool:
 
 
 def _common_args(step: StepConfig, cfg: TrainConfig, out: Path, seed: int) -> dict:
+    import torch
+
     return {
         "output_dir": str(out),
         "learning_rate": step.learning_rate,
@@ -120,6 +126,7 @@ def _peft(cfg: TrainConfig):
 
 
 def _load_model(path: Path, trust_remote_code: bool):
+    import torch
     from transformers import AutoModelForCausalLM
 
     # fp32 master weights; bf16 (when on) is autocast by the Trainer
@@ -214,3 +221,54 @@ def train_dpo(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, s
                          peft_config=_peft(cfg))
     trainer.train()
     return _finish(trainer, tok, out, len(ds), t0)
+
+
+# -- the training stages ---------------------------------------------------------------------
+def train_keys(steps: tuple[str, ...]):
+    """The training settings a stage reads: its steps, LoRA only when training LoRA, and the
+    launcher only when it is not this process (several processes change the effective batch)."""
+    def keys(cfg: Config) -> tuple[str, ...]:
+        out = ("seed", "train.method", "train.bf16", *(f"train.{s}" for s in steps))
+        if cfg.train.method == "lora":
+            out += ("train.lora",)
+        if cfg.train.launcher != "inprocess":
+            out += ("train.launcher", "train.accelerate_config", "train.num_processes")
+        return out
+    return keys
+
+
+def _launcher_files(cfg: Config) -> dict[str, Path]:
+    if cfg.train.launcher != "inprocess" and cfg.train.accelerate_config:
+        return {"accelerate_config": Path(cfg.train.accelerate_config)}
+    return {}
+
+
+def run_train_m0(ctx: StageContext) -> dict:
+    cfg = ctx.cfg
+    res = ctx.trainer("sft", ctx.model, ctx.input_path("sft"), ctx.output("model"), cfg.train, cfg.seed,
+                      cfg.model.trust_remote_code)
+    return {"sft": res.to_dict()}
+
+
+def run_train(ctx: StageContext) -> dict:
+    """Step 7: SFT on the accumulated SFT set, then DPO with the SFT model as reference; without
+    any preference pair M_{t+1} is the SFT model (said in the stats and on the console)."""
+    cfg, t = ctx.cfg, ctx.t
+    sft = ctx.trainer("sft", ctx.model, ctx.input_path("sft"), ctx.output("model_sft"), cfg.train,
+                      stable_int(cfg.seed, "train", t), cfg.model.trust_remote_code)
+    out = ctx.output("model")
+    if ctx.read("dpo"):
+        dpo = ctx.trainer("dpo", sft.path, ctx.input_path("dpo"), out, cfg.train, stable_int(cfg.seed, "dpo", t),
+                          cfg.model.trust_remote_code)
+        return {"sft": sft.to_dict(), "dpo": dpo.to_dict()}
+    ctx.echo(f"[iter {t}] train: no preference pairs, DPO skipped")
+    with atomic_dir(out) as tmp:
+        shutil.copytree(sft.path, tmp, dirs_exist_ok=True)
+    return {"sft": sft.to_dict(), "dpo": None}
+
+
+TRAIN_M0 = Stage(name="train", reads=("sft",), writes=("model",), config=train_keys(("sft",)),
+                 needs="trainer", run=run_train_m0, files=_launcher_files, when=lambda cfg: cfg.train.m0_sft)
+TRAIN = Stage(name="train", reads=("sft", "dpo"), writes=("model_sft", "model"), config=train_keys(("sft", "dpo")),
+              needs="trainer", run=run_train, files=_launcher_files,
+              funnel=(Column("train", "training steps, examples and loss", lambda st: st, style="json"),))
