@@ -116,111 +116,10 @@ def test_parse_override() -> None:
         parse_override("=3")
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("review.samplez=3", "review.samplez"),
-    ("generate.thresold=6", "generate.thresold"),
-    ("itrations=2", "itrations"),
-    ("review.sampling.temp=0.3", "review.sampling.temp"),
-])
-def test_unknown_key_names_the_key(override: str, key: str) -> None:
-    with pytest.raises(ConfigError) as ei:
-        build_config(overrides=[override])
-    assert f"'{key}'" in str(ei.value)
-    assert "unknown key" in str(ei.value)
-
-
-def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
-    p = tmp_path / "typo.yaml"
-    p.write_text("review:\n  samplez: 3\n")
-    with pytest.raises(ConfigError) as ei:
-        load_config(p)
-    assert str(p) in str(ei.value)
-    assert "review.samplez" in str(ei.value)
-
-
-@pytest.mark.parametrize(("override", "key"), [
-    ("review.samples=3.5", "review.samples"),
-    ("review.samples=many", "review.samples"),
-    ("generate.threshold=high", "generate.threshold"),
-    ("generate.threshold=true", "generate.threshold"),
-    ("clean.exact_dedup=1", "clean.exact_dedup"),
-    ("review.mode=median", "review.mode"),
-    ("train.lora.target_modules=q_proj", "train.lora.target_modules"),
-    ("train.lora.target_modules=[1, 2]", "train.lora.target_modules[0]"),
-    ("review=3", "review"),
-    ("iterations=2.0", "iterations"),
-])
-def test_wrong_type_names_the_key(override: str, key: str) -> None:
-    with pytest.raises(ConfigError) as ei:
-        build_config(overrides=[override])
-    assert str(ei.value).startswith(f"{key}:")
-
-
-@pytest.mark.parametrize(("override", "key"), [
-    ("iterations=0", "iterations"),
-    ("review.samples=0", "review.samples"),
-    ("review.sampling.top_p=1.5", "review.sampling.top_p"),
-    ("generate.response_sampling.top_p=0", "generate.response_sampling.top_p"),
-    ("generate.sampling.temperature=-0.1", "generate.sampling.temperature"),
-    ("clean.rouge_threshold=1.2", "clean.rouge_threshold"),
-    ("annotate.pair_margin=-1", "annotate.pair_margin"),
-    ("generate.n_responses=0", "generate.n_responses"),
-])
-def test_out_of_range_names_the_key(override: str, key: str) -> None:
-    with pytest.raises(ConfigError) as ei:
-        build_config(overrides=[override])
-    assert key in str(ei.value)
-
-
-def test_override_into_scalar_is_an_error(tmp_path: Path) -> None:
-    p = tmp_path / "c.yaml"
-    p.write_text("iterations: 2\n")
-    with pytest.raises(ConfigError, match="iterations"):
-        load_config(p, overrides=["iterations.x=1"])
-
-
-def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
-    p = tmp_path / "broken.yaml"
-    p.write_text("review:\n  samples: [1, 2\n")
-    with pytest.raises(ConfigError) as ei:
-        load_config(p)
-    assert str(p) in str(ei.value)
-    assert "invalid YAML" in str(ei.value)
-
-
-@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
-def test_non_mapping_top_level_names_the_file(tmp_path: Path, text: str) -> None:
-    p = tmp_path / "list.yaml"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as ei:
-        load_config(p)
-    assert str(p) in str(ei.value)
-    assert "mapping" in str(ei.value)
-
-
 def test_empty_yaml_is_defaults(tmp_path: Path) -> None:
     p = tmp_path / "empty.yaml"
     p.write_text("# nothing here\n")
     assert load_config(p) == Config()
-
-
-def test_missing_and_non_utf8_config_name_the_file(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError) as ei:
-        load_config(missing)
-    assert str(missing) in str(ei.value)
-    bad = tmp_path / "latin1.yaml"
-    bad.write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ConfigError) as ei:
-        load_config(bad)
-    assert str(bad) in str(ei.value)
-
-
-def test_section_hash_tracks_only_named_sections() -> None:
-    a = build_config()
-    b = build_config(overrides=["annotate.pair_margin=1.0"])
-    assert a.section_hash("review", "generate") == b.section_hash("review", "generate")
-    assert a.section_hash("annotate") != b.section_hash("annotate")
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,113 +203,6 @@ def test_self_instruct_format(tmp_path: Path) -> None:
     ]
 
 
-def test_self_instruct_missing_output_names_location(tmp_path: Path) -> None:
-    p = write_jsonl(tmp_path / "si.jsonl", [
-        {"id": "t0", "instruction": "Do a thing.", "instances": [{"input": "x", "output": "y"}]},
-        {"id": "t1", "instruction": "Do another.", "instances": [{"input": "x"}]},
-    ])
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    assert f"{p}:2" in str(ei.value) and "'output'" in str(ei.value)
-
-
-def test_self_instruct_empty_instances_is_error(tmp_path: Path) -> None:
-    p = write_jsonl(tmp_path / "si.jsonl", [{"id": "t0", "instruction": "Do it.", "instances": []}])
-    with pytest.raises(RecordError, match=f"{p}:1"):
-        load_seed(DataConfig(seed_path=str(p)))
-
-
-def test_self_instruct_non_string_input_names_location(tmp_path: Path) -> None:
-    p = write_jsonl(tmp_path / "si.jsonl", [
-        {"id": "t0", "instruction": "Add one.", "instances": [{"input": 41, "output": "42"}]},
-    ])
-    with pytest.raises(RecordError) as ei:  # a RecordError naming the place, not an AttributeError
-        load_seed(DataConfig(seed_path=str(p)))
-    assert f"{p}:1" in str(ei.value) and "input" in str(ei.value)
-
-
-def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
-    p = tmp_path / "bad.jsonl"
-    p.write_text(json.dumps(rows(1)[0]) + "\n\n" + '{"instruction": "x", "response": \n', encoding="utf-8")
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    assert f"{p}:3" in str(ei.value)
-    assert "invalid JSON" in str(ei.value)
-
-
-def test_non_object_line_names_file_and_line(tmp_path: Path) -> None:
-    p = write_jsonl(tmp_path / "s.jsonl", [rows(1)[0], ["not", "an", "object"]])
-    with pytest.raises(RecordError, match=f"{p}:2"):
-        load_seed(DataConfig(seed_path=str(p)))
-
-
-def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
-    r = rows(3)
-    del r[2]["response"]
-    p = write_jsonl(tmp_path / "s.jsonl", r)
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    msg = str(ei.value)
-    assert f"{p}:3" in msg
-    assert "'response'" in msg
-
-
-def test_non_string_field_names_file_line_and_field(tmp_path: Path) -> None:
-    r = rows(2)
-    r[1]["instruction"] = 17
-    p = write_jsonl(tmp_path / "s.jsonl", r)
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    assert f"{p}:2" in str(ei.value) and "'instruction'" in str(ei.value)
-
-
-def test_non_utf8_file_errors(tmp_path: Path) -> None:
-    p = tmp_path / "latin1.jsonl"
-    p.write_bytes(json.dumps({"instruction": "Café?", "response": "Oui"}, ensure_ascii=False).encode("latin-1")
-                  + b"\n")
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    assert str(p) in str(ei.value)
-    assert "UTF-8" in str(ei.value)
-
-
-def test_non_utf8_json_file_errors(tmp_path: Path) -> None:
-    p = tmp_path / "latin1.json"
-    p.write_bytes(b'[{"instruction": "caf\xe9", "response": "x"}]')
-    with pytest.raises(RecordError, match="UTF-8"):
-        load_seed(DataConfig(seed_path=str(p)))
-
-
-@pytest.mark.parametrize("content", ["", "\n\n   \n"])
-def test_empty_file_errors(tmp_path: Path, content: str) -> None:
-    p = tmp_path / "empty.jsonl"
-    p.write_text(content)
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    assert str(p) in str(ei.value) and "empty" in str(ei.value)
-
-
-def test_missing_file_errors(tmp_path: Path) -> None:
-    p = tmp_path / "nope.jsonl"
-    with pytest.raises(RecordError, match="not found"):
-        load_seed(DataConfig(seed_path=str(p)))
-
-
-def test_empty_instruction_or_response_errors(tmp_path: Path) -> None:
-    p = write_jsonl(tmp_path / "s.jsonl", [{"instruction": "Fine.", "response": "   "}])
-    with pytest.raises(RecordError, match=f"{p}:1"):
-        load_seed(DataConfig(seed_path=str(p)))
-
-
-def test_duplicate_ids_error(tmp_path: Path) -> None:
-    r = rows(3)
-    r[2]["id"] = "r0"
-    p = write_jsonl(tmp_path / "s.jsonl", r)
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    assert f"{p}:3" in str(ei.value) and "'r0'" in str(ei.value)
-
-
 def test_json_list_format(tmp_path: Path) -> None:
     p = tmp_path / "seed.json"
     p.write_text(json.dumps(rows(3), indent=2))
@@ -424,23 +216,6 @@ def test_json_list_format(tmp_path: Path) -> None:
     as_json = tmp_path / "seed.txt"
     as_json.write_text(json.dumps(rows(2)))
     assert len(load_seed(DataConfig(seed_path=str(as_json), format="json"))) == 2
-
-
-def test_json_errors_name_the_place(tmp_path: Path) -> None:
-    p = tmp_path / "bad.json"
-    p.write_text('[\n  {"instruction": "a", "response": "b"},\n  {"instruction": \n]')
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(p)))
-    assert f"{p}:" in str(ei.value) and "invalid JSON" in str(ei.value)
-    q = tmp_path / "missing.json"
-    q.write_text(json.dumps([{"instruction": "a", "response": "b"}, {"instruction": "c"}]))
-    with pytest.raises(RecordError) as ei:
-        load_seed(DataConfig(seed_path=str(q)))
-    assert f"{q}[1]" in str(ei.value) and "'response'" in str(ei.value)
-    obj = tmp_path / "obj.json"
-    obj.write_text(json.dumps({"instruction": "a", "response": "b"}))
-    with pytest.raises(RecordError, match="list"):
-        load_seed(DataConfig(seed_path=str(obj)))
 
 
 def test_limit(tmp_path: Path) -> None:
@@ -472,18 +247,6 @@ def test_shuffle_of_shipped_seed_with_limit() -> None:
     assert [s.id for s in lim] == [s.id for s in load_seed(DataConfig(shuffle=True, limit=24), seed=0)]
 
 
-def test_review_examples_bad_score(tmp_path: Path) -> None:
-    good = {"instruction": "a", "response": "b", "rationale": "c"}
-    for score in (11, -1, "7", True, None):
-        p = write_jsonl(tmp_path / "rev.jsonl", [{**good, "score": 5}, {**good, "score": score}])
-        with pytest.raises(RecordError) as ei:
-            load_review_examples(DataConfig(review_examples_path=str(p)))
-        assert f"{p}:2" in str(ei.value) and "'score'" in str(ei.value)
-    p = write_jsonl(tmp_path / "rev.jsonl", [{**good, "score": 7.0}, {**good, "score": 6.5}])
-    scores = [ex["score"] for ex in load_review_examples(DataConfig(review_examples_path=str(p)))]
-    assert scores == [7, 6.5] and isinstance(scores[0], int)
-
-
 def test_saved_hf_dataset_seed_with_custom_fields(tmp_path: Path) -> None:
     from datasets import Dataset
 
@@ -506,3 +269,14 @@ def test_the_real_self_instruct_seed_tasks_load_when_present() -> None:
     seeds = load_seed(DataConfig(seed_path=str(path)))
     assert len(seeds) >= 175  # one seed per instance
     assert all(s.instruction.strip() and s.response.strip() for s in seeds)
+
+
+def test_values_that_look_like_other_types_are_kept(tmp_path: Path) -> None:
+    """What the fuzzers found that must load, not fail: errors are in test_bad_input.py."""
+    assert build_config(overrides=["run_dir=2024-13-45"]).run_dir == "2024-13-45"  # not a date
+    p = write_jsonl(tmp_path / "s.jsonl", [{"id": 7, "instruction": "i", "response": "r"}])
+    assert load_seed(DataConfig(seed_path=str(p)))[0].id == "7"
+    good = {"instruction": "a", "response": "b", "rationale": "c"}
+    p = write_jsonl(tmp_path / "rev.jsonl", [{**good, "score": 7.0}, {**good, "score": 6.5}])
+    scores = [ex["score"] for ex in load_review_examples(DataConfig(review_examples_path=str(p)))]
+    assert scores == [7, 6.5] and isinstance(scores[0], int)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeTrainer, ScriptedFactory, lance_script
-from lance_llm import loop, models
+from lance_llm import loop, models, stage
 from lance_llm.config import Config, build_config
 from lance_llm.loop import Runner, run
 from lance_llm.records import Sample
@@ -174,8 +174,8 @@ def test_exact_invalidation_reruns_the_stages_that_read_a_change_and_no_others(t
     assert {(t, s) for t in (1, 2) for s in ("review_seed", "generate", "review_generated")} <= set(ran)
     assert not any(s == "train" for _, s in ran)
     # an edited template reruns the stages that render it, not M_0's training or the review
-    real = loop.digest
-    monkeypatch.setattr(loop, "digest", lambda name, text=None: "edited" if name == "new_instruction"
+    real = stage.digest
+    monkeypatch.setattr(stage, "digest", lambda name, text=None: "edited" if name == "new_instruction"
                         else real(name, text))
     assert rerun(cfg4) == [(1, "generate"), (2, "generate")]
 

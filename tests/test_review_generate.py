@@ -19,7 +19,7 @@ from lance_llm.config import GenerateConfig, ReviewConfig, SamplingConfig
 from lance_llm.prompts import load, render
 from lance_llm.records import Review, Sample
 from lance_llm.stages.generate import generate, split
-from lance_llm.stages.review import SCORE_PREFIX, SCORE_TOKENS, review, review_prompt
+from lance_llm.stages.review import SCORE_PREFIX, SCORE_TOKENS, rank_scale, raw_scores, review, review_prompt
 
 SYSTEM = "You are a careful multi-task assistant."
 
@@ -337,3 +337,32 @@ def test_generate_nothing_to_do() -> None:
     cands, stats = generate([], [], backend, GEN_CFG, SYSTEM, iteration=1, seed=0)
     assert cands == []
     assert stats.new_instructions == 0 and stats.degraded_responses == 0
+
+
+# --------------------------------------------------------------------------------------------
+# rank scale: 10 x the mid-rank percentile of the raw score within the seed's raw scores
+# --------------------------------------------------------------------------------------------
+def raw(i: str, score: float | None, raw_score: float | None = None) -> Sample:
+    s = sample(i)
+    s.review = Review(mode="likelihood", score=score, samples=[score], raw_score=raw_score)
+    return s
+
+
+def test_rank_scale_is_the_mid_rank_percentile_within_the_reference() -> None:
+    ref = [1.0, 2.0, 3.0, 4.0]
+    out = rank_scale([raw("a", 2.5), raw("b", 2.0), raw("c", 0.5), raw("d", 9.0), raw("e", 4.0)], ref)
+    assert [s.score for s in out] == [5.0, 3.75, 0.0, 10.0, 8.75]  # 2 below; 1 below + half of 1 tie; ...
+    assert [s.review.raw_score for s in out] == [2.5, 2.0, 0.5, 9.0, 4.0]  # the judge's own score is kept
+    # the seed ranked against itself: (k + 0.5) / n, whatever the raw values are
+    seed = rank_scale([raw(str(k), v) for k, v in enumerate([0.1, 7.0, 7.5, 42.0])], [0.1, 7.0, 7.5, 42.0])
+    assert [s.score for s in seed] == [1.25, 3.75, 6.25, 8.75]
+    assert [s.score for s in rank_scale([raw("t", 3.0)] * 3, [3.0, 3.0, 3.0])] == [5.0] * 3  # all tied: the middle
+
+
+def test_rank_scale_is_idempotent_and_leaves_unscored_and_empty_references_alone() -> None:
+    once = rank_scale([raw("a", 2.5), raw("b", 1.0)], [1.0, 2.0, 3.0])
+    assert rank_scale(once, [1.0, 2.0, 3.0]) == once  # always starts from raw_score
+    unscored = raw("u", None)
+    assert rank_scale([unscored], [1.0, 2.0]) == [unscored] and rank_scale([sample("n")], [1.0])[0].review is None
+    assert rank_scale([raw("a", 2.5)], []) == [raw("a", 2.5)]  # nothing to rank against
+    assert raw_scores([*once, unscored, raw("r", 6.0, raw_score=0.5)]) == [2.5, 1.0, 0.5]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import re
 import types
@@ -282,12 +280,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def section_hash(self, *names: str) -> str:
-        """Hash of the named top-level sections: a stage reruns when what it reads changes."""
-        d = self.to_dict()
-        blob = json.dumps({n: d[n] for n in names}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

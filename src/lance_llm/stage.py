@@ -26,13 +26,19 @@ these changes and only then:
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from . import models
+from .peakrss import PeakRSS
+from .prompts import digest
+
 if TYPE_CHECKING:
-    from .backends.base import Backend
+    from .backends.cache import CachedBackend
     from .config import Config, TrainConfig
     from .rundir import RunDir
 
@@ -104,7 +110,7 @@ class StageContext:
     rd: RunDir
     system: str
     model: Path
-    backend: Backend | None = None
+    backend: CachedBackend | None = None
     trainer: Trainer | None = None
     echo: Callable[[str], None] = print
     written: list[str] = field(default_factory=list)
@@ -138,3 +144,47 @@ class StageContext:
         self.output(name)
         self.written.append(name)
         return self.rd.write(self.t, name, records)
+
+
+def execute(ctx: StageContext) -> Stats:
+    """Run `ctx.stage` for iteration `ctx.t` unless its manifest is current; return its stats.
+
+    What the manifest hashes is computed here from the declaration (module docstring). Before a
+    run, what a killed attempt left beside the outputs (`.NAME.*` temp files and checkpoint
+    folders) is removed; after it, the LLM calls and tokens of an LLM stage and the peak memory
+    are added to its stats, every declared output must exist, and the manifest is written last.
+    """
+    stage, t, cfg, rd, backend = ctx.stage, ctx.t, ctx.cfg, ctx.rd, ctx.backend
+    inputs = {k: p for ref in stage.reads for k, p in rd.resolve(t, ref)}
+    inputs |= stage.files(cfg) if stage.files else {}
+    params: dict[str, Any] = {
+        "config": {k: config_value(cfg, k) for k in stage.config_keys(cfg)},
+        "templates": {n: digest(n, ctx.system if n == "system" else None) for n in stage.template_names(cfg)}}
+    if stage.needs != "data":
+        params["model"] = backend.fingerprint if backend is not None else models.fingerprint(ctx.model)
+    why = rd.stale(t, stage.name, inputs, params)
+    if why is None:
+        ctx.echo(f"[iter {t}] {stage.name}: done earlier, skipped")
+        return rd.manifest(t, stage.name)["stats"]  # type: ignore[index]
+    ctx.echo(f"[iter {t}] {stage.name} ... ({why})")
+    outputs = [rd.path(t, n).name for n in stage.writes]
+    for p in (p for name in outputs for p in rd.iter_dir(t).glob(f".{name}.*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    t0, calls, tokens = time.time(), dict(backend.stats) if backend else {}, backend.tokens if backend else {}
+    if backend is not None:
+        backend.label = f"iter {t} {stage.name}"
+    with PeakRSS() as peak:
+        stats = stage.run(ctx)
+    if backend is not None:
+        stats["llm_calls"] = {k: backend.stats[k] - calls[k] for k in calls}
+        stats["tokens"] = {k: v - tokens.get(k, 0) for k, v in backend.tokens.items()}
+    missing = [n for n in stage.writes if not rd.path(t, n).exists()]
+    if missing:
+        raise RuntimeError(f"stage {stage.name} declares {missing} among its outputs but did not write them")
+    rd.write_manifest(t, stage.name, inputs, params, outputs, stats, time.time() - t0,
+                      resources={"peak_rss_mb": peak.mb, "children_peak_rss_mb": peak.children_mb})
+    ctx.echo(f"[iter {t}] {stage.name}: {time.time() - t0:.1f}s")
+    return stats
