@@ -96,13 +96,22 @@ class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._lock_fh: Any = None
+        # the run's own files, beside the iteration folders
+        self.run_json = self.root / "run.json"
+        self.config_yaml = self.root / "config.yaml"
+        self.cache = self.root / "cache.sqlite"
+        self.funnel_md = self.root / "funnel.md"
+        self.report = self.root / "report.html"
+        self.eval_dir = self.root / "eval"
+        self.export_dir = self.root / "export"
+        self.judge_json = self.root / "judge.json"
 
     # -- opening ---------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse a directory this version cannot use (not a directory, another format version, a
         non-empty folder that is no run) without writing anything: called before any model is
         converted or loaded, so a refused run costs nothing and changes nothing."""
-        run_json = self.root / "run.json"
+        run_json = self.run_json
         if self.root.exists() and not self.root.is_dir():
             raise RunDirError(f"{self.root}: exists and is not a directory")
         if run_json.exists():
@@ -153,10 +162,10 @@ class RunDir:
             raise RunDirError(f"{self.root}: cannot create: {e.strerror or e}") from e
         self.lock()
         try:
-            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+            atomic_write_text(self.config_yaml, yaml.safe_dump(config, sort_keys=False))
             meta = {"format_version": FORMAT_VERSION, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "libraries": library_versions(), **info}
-            atomic_write_text(self.root / "run.json", json.dumps(meta, indent=2, sort_keys=True))
+            atomic_write_text(self.run_json, json.dumps(meta, indent=2, sort_keys=True))
         except BaseException:
             self.close()  # the caller only closes a directory that opened
             raise
@@ -191,38 +200,6 @@ class RunDir:
             self._lock_fh = None
 
     # -- layout ----------------------------------------------------------------------------
-    @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def config_yaml(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache.sqlite"
-
-    @property
-    def funnel_md(self) -> Path:
-        return self.root / "funnel.md"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def export_dir(self) -> Path:
-        return self.root / "export"
-
-    @property
-    def judge_json(self) -> Path:
-        return self.root / "judge.json"
-
     def iter_dir(self, iteration: int) -> Path:
         return self.root / f"iter_{iteration:02d}"
 

@@ -29,7 +29,7 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -113,7 +113,6 @@ class StageContext:
     backend: CachedBackend | None = None
     trainer: Trainer | None = None
     echo: Callable[[str], None] = print
-    written: list[str] = field(default_factory=list)
 
     def _declared(self, name: str, kind: str) -> None:
         declared = self.stage.reads if kind == "reads" else self.stage.writes
@@ -123,10 +122,9 @@ class StageContext:
     def read(self, ref: str) -> list:
         """The records of a declared input (all of them, in iteration order, for `NAME@earlier`)."""
         self._declared(ref, "reads")
-        name = ref.partition("@")[0]
         out: list = []
-        for key, path in self.rd.resolve(self.t, ref):
-            out.extend(self.rd.read_path(path, key.partition("@")[0] if name == "seed_in" else name))
+        for key, path in self.rd.resolve(self.t, ref):  # key: the set's own name @ its iteration
+            out.extend(self.rd.read_path(path, key.partition("@")[0]))
         return out
 
     def input_path(self, ref: str) -> Path:
@@ -142,7 +140,6 @@ class StageContext:
 
     def write(self, name: str, records: list) -> int:
         self.output(name)
-        self.written.append(name)
         return self.rd.write(self.t, name, records)
 
 
