@@ -77,7 +77,7 @@ def table(results: dict) -> str:
             ci = r.get("pairwise_ci95")
             pw = _f(r["pairwise"]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
             sft = f"{_f(r['sft_precision'])} ({_f(r['base_rate'])}, {r['sft_selected']})"
-            pairs = "/".join(str(r["pairs"][k]) for k in ("right", "equal", "wrong"))
+            pairs = "/".join(str(r["preference_pairs"][k]) for k in ("right", "equal", "wrong"))
             lines.append("| " + " | ".join([
                 model, source, split, f"{r['prompts']} ({r['prompts_with_differing_labels']})", judge, pw,
                 _f(r["pick"]), _f(r["random"]), _f(r["best"]), _f(r["bottom"]), _f(r["gap_closed"]),

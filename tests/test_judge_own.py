@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import ScriptedBackend
 
+from conftest import ScriptedBackend
 from lance_llm.config import build_config
 from lance_llm.judge.own import (
     Item,
@@ -58,10 +58,10 @@ def test_loop_decisions_use_the_loops_thresholds_and_scale() -> None:
     assert d["sft_selected"] == 4 and d["sft_precision"] == 0.5 and d["base_rate"] == 0.5
     # prompt 1: rejected 2.0 (label 0); 9.0 and 8.5 beat it by > 2: two right pairs
     # prompt 2: rejected 3.0 (label 1); 9.5 (0.5) and 9.0 (0) pass the margin: two wrong pairs
-    assert d["pairs"] == {"right": 2, "equal": 0, "wrong": 2}
+    assert d["preference_pairs"] == {"right": 2, "equal": 0, "wrong": 2}
     # rank scale: 10 x the mid-rank percentile within the seed's raw scores
     ranked = loop_decisions([[1.0, 0.0]], [[5.0, 0.5]], cfg, reference=[1.0, 2.0, 3.0, 4.0])
-    assert ranked["sft_selected"] == 1 and ranked["pairs"]["right"] == 1  # 5.0 -> 10, 0.5 -> 0
+    assert ranked["sft_selected"] == 1 and ranked["preference_pairs"]["right"] == 1  # 5.0 -> 10, 0.5 -> 0
 
 
 def test_rules_and_labels() -> None:

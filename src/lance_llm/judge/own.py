@@ -213,7 +213,7 @@ def loop_decisions(labels: Sequence[Sequence[float]], scores: Sequence[Sequence[
         return 10 * (below + 0.5 * (bisect.bisect_right(ref, x) - below)) / len(ref)
 
     passes = [lab == 1.0 for group in labels for lab in group]
-    selected, pairs = [], {"right": 0, "equal": 0, "wrong": 0}
+    selected, pref = [], {"right": 0, "equal": 0, "wrong": 0}
     for group_labels, group_scores in zip(labels, scores, strict=True):
         scored = [(scaled(s), lab) for s, lab in zip(group_scores, group_labels, strict=True) if _valid(s)]
         selected += [lab == 1.0 for s, lab in scored if s > cfg.annotate.sft_threshold]
@@ -222,9 +222,9 @@ def loop_decisions(labels: Sequence[Sequence[float]], scores: Sequence[Sequence[
         low, low_label = min(scored, key=lambda x: x[0])  # annotate's rejected: the lowest-scored
         for s, lab in scored:  # the rejected answer itself is 0 above itself: never a pair
             if round(s - low, 6) > cfg.annotate.pair_margin:
-                pairs["right" if lab > low_label else "equal" if lab == low_label else "wrong"] += 1
+                pref["right" if lab > low_label else "equal" if lab == low_label else "wrong"] += 1
     return {"sft_selected": len(selected), "sft_precision": sum(selected) / len(selected) if selected else None,
-            "base_rate": sum(passes) / len(passes) if passes else None, "pairs": pairs}
+            "base_rate": sum(passes) / len(passes) if passes else None, "preference_pairs": pref}
 
 
 def measure(labels: Sequence[Sequence[float]], scores: Sequence[Sequence[float | None]], cfg: Config,
