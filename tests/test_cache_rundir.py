@@ -412,12 +412,12 @@ def test_review_stages_hash_the_settings_and_templates_of_their_mode_only() -> N
     from lance_llm.stages.review import REVIEW_GENERATED, REVIEW_SEED
 
     lik = build_config({"review": {"mode": "likelihood"}})
-    assert REVIEW_SEED.config_keys(lik) == ("review.mode", "review.scale", "review.likelihood")
+    assert REVIEW_SEED.config_keys(lik) == ("review.mode", "review.scale", "review.rejudge", "review.likelihood")
     assert config_value(lik, "review.likelihood")["fluency"] == 1.0
-    assert REVIEW_SEED.template_names(lik) == ("neutral_instruction",)  # no rubric, no system prompt
+    assert REVIEW_SEED.template_names(lik) == ("system", "neutral_instruction")  # no rubric
     sampled = build_config({"review": {"mode": "sampled"}})
-    assert REVIEW_GENERATED.config_keys(sampled) == ("review.mode", "review.scale", "review.samples",
-                                                     "review.sampling", "seed")
+    assert REVIEW_GENERATED.config_keys(sampled) == ("review.mode", "review.scale", "review.rejudge",
+                                                     "review.samples", "review.sampling", "seed")
     assert REVIEW_GENERATED.template_names(sampled) == ("system", "review")
     assert "criteria" in REVIEW_SEED.template_names(build_config({"review": {"mode": "combined"}}))
 

@@ -135,8 +135,8 @@ def test_likelihood_mode_components_hinge_and_failures() -> None:
     assert broken.score is None and broken.parse_failures == 1  # not a 0
     assert empty.score is None and empty.parse_failures == 1 and stats.unscored == 2  # nothing to read
     assert all(0 <= r.score <= 10 for r in (good, echo, off))
-    # no system prompt: the question is how the model itself answers
-    assert all(m[0] != "system" for r in backend.scored_requests for m in r.messages)
+    # the judge reads the answer under the system prompt the generator answered with
+    assert all(r.messages[0] == ("system", "sys") for r in backend.scored_requests)
     assert len(backend.scored_requests) == 12
 
 

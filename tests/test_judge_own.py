@@ -24,8 +24,8 @@ from lance_llm.judge.own import (
 
 
 def test_prompt_stats_pairwise_pick_and_ties() -> None:
-    s = prompt_stats([1.0, 0.0, 0.5, 0.0], [3.0, 1.0, 2.0, None])  # the 4th is unscored: left out
-    assert (s["right"], s["pairs"]) == (3.0, 3.0)  # 1 > .5 > 0, ranked the same way
+    s = prompt_stats([1.0, 0.0, 0.5, 0.0], [3.0, 1.0, 2.0, None])  # the 4th is unscored: no opinion
+    assert (s["right"], s["pairs"]) == (3.0 + 2 * 0.5, 5.0)  # 1 > .5 > 0 ranked right; its 2 pairs half
     assert s["pick"] == 1.0 and s["bottom"] == 0.0 and s["random"] == 0.375 and s["best"] == 1.0
     assert (s["tb_right"], s["tb_wrong"]) == (1.0, 0.0)
     wrong = prompt_stats([1.0, 0.0], [1.0, 2.0])

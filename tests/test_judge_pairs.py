@@ -163,3 +163,26 @@ def test_degraded_check_compares_each_degraded_answer_with_its_seed_answer() -> 
     # or one not found is a failure, never a win; new answers are not degraded ones
     assert (r["pairs"], r["right"], r["scored"], r["parse_failures"]) == (5, 1, 3, 2)
     assert r["accuracy"] == round(1 / 3, 4)
+
+
+def test_judge_signals_without_labels() -> None:
+    from lance_llm.judge.reliability import judge_signals, spearman
+    from lance_llm.records import PreferencePair, Review, Sample, assistant, chat_prompt
+
+    assert spearman([1, 2, 3], [10, 20, 30]) == 1.0 and spearman([1, 2, 3], [3, 2, 1]) == -1.0
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == 1.0  # mid-ranks for ties
+
+    def s(i: str, raw: float, judge: str) -> Sample:
+        return Sample(i, "q", f"answer {i}", review=Review(mode="likelihood", score=raw, judge=judge))
+
+    before = [s("a", 1.0, "m0"), s("b", 2.0, "m0"), s("c", 3.0, "m0"), s("d", 4.0, "m0")]
+    after = [s("a", 1.5, "m1"), s("b", 2.5, "m1"), s("c", 5.0, "m1"), s("d", 4.5, "m1")]  # c and d swapped
+    pair = PreferencePair("p", chat_prompt("sys", "q"), assistant("one two three"), assistant("one"), "a", "x", "y",
+                          9.0, 1.0, 1)
+    sig = judge_signals(before, after, [s("g", 4.5, "m1")], [pair])
+    assert sig["agreement"] == {"items": 4, "spearman": 0.8, "pairwise": round(5 / 6, 4)}
+    assert sig["spread"]["scores"] == 5 and sig["spread"]["ties"] == round(1 / 10, 4)  # 4.5 twice
+    assert sig["lengths"] == {"pairs": 1, "chosen_words": 3.0, "rejected_words": 1.0}
+    # the same judge again (review.rejudge=never): nothing to compare
+    assert "agreement" not in judge_signals(before, before, [], [])

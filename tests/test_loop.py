@@ -238,3 +238,37 @@ def test_samples_carry_the_answering_models_fingerprint(tmp_path, seed_file, fak
     summary, factory, _ = start(config(tmp_path, seed_file, fake_base, "run", "iterations=1"))
     generated = RunDir(summary.run_dir).read(1, "generated")
     assert generated and all(isinstance(s, Sample) and s.model == factory.built[0].fingerprint for s in generated)
+
+
+def test_the_seed_is_judged_again_by_each_new_model_and_ranked_against_seed_0(tmp_path, seed_file, fake_base):
+    summary, factory, _ = start(config(tmp_path, seed_file, fake_base, "run", "review.scale=rank"))
+    rd = RunDir(summary.run_dir)
+    second = factory.built[1].fingerprint + "/expected"
+    seed2 = rd.read(2, "seed_reviewed")
+    assert all(s.review.judge == second for s in seed2)  # one judge per iteration: M_1's
+    assert rd.stats(2, "review_seed")["rejudged"] == len(rd.read(1, "next_seed"))
+    # the rank scale's yardstick is Seed_0 as this judge scored it: its 2 [hi] and 2 [lo] answers
+    ranks = {s.id: s.score for s in seed2 if s.id.startswith("s")}
+    assert sorted(ranks.values()) == [2.5, 2.5, 7.5, 7.5]
+    assert {s.score for s in seed2} == {0.0, 2.5, 7.5}  # raw 2 below them all, 3 and 9 tied with two each
+    # the method's way: the seed keeps the scores its first judge gave
+    summary, factory, _ = start(config(tmp_path, seed_file, fake_base, "never", "review.rejudge=never"))
+    rd = RunDir(summary.run_dir)
+    assert rd.stats(2, "review_seed")["rejudged"] == 0 and rd.stats(2, "review_seed")["pairs"] == 0
+    assert {s.review.judge for s in rd.read(2, "seed_reviewed")} == {factory.built[0].fingerprint + "/expected"}
+
+
+def test_the_funnel_says_when_a_branch_is_empty_for_lack_of_quality(tmp_path, seed_file, fake_base):
+    # an SFT threshold no score reaches, and a margin no pair passes
+    summary, _, _ = start(config(tmp_path, seed_file, fake_base, "run", "iterations=1", "annotate.sft_threshold=9.5",
+                                 "annotate.pair_margin=8.0"))
+    row = summary.funnels[0]
+    assert row["SFT kept"] == 0 and row["pairs"] == 0
+    assert row["empty"] == {"SFT": "no new answer scored above 9.5 (best 9.00)",
+                            "pairs": "no candidate beat the lowest of its seed's by more than 8.0 (best margin 7.00)"}
+    funnel = RunDir(summary.run_dir).funnel_md.read_text()
+    assert "Empty for lack of quality: iter 1: SFT no new answer scored above 9.5" in funnel
+    # a threshold every seed clears: the rewrite branch is empty because of the scores
+    summary, _, _ = start(config(tmp_path, seed_file, fake_base, "low", "iterations=1", "generate.threshold=1.0"))
+    assert summary.funnels[0]["low"] == 0 and summary.funnels[0]["empty"]["low"] == \
+        "every seed scored above 1.0 (lowest 3.00)"

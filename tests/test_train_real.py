@@ -58,3 +58,11 @@ def test_sft_leaves_out_examples_whose_prompt_fills_max_length(tmp_path: Path) -
     assert kept["id"] == ["short", "long"] and too_long == 0
     with pytest.raises(ValueError, match=r"raise train\.sft\.max_length"):
         _trainable(ds, tok, 8, "sft.jsonl")
+    # a review example trains whole or not at all: cut, it would lose its `score:` line
+    review = {"id": "review", "source": "review_example", "prompt": chat_prompt(SYSTEM, "Review this answer."),
+              "completion": assistant("A fine answer, " * 30 + "\nscore: 8")}
+    write_records(tmp_path / "sft2.jsonl", [{**rows[0], "source": "seed"}, review])
+    ds2 = load_dataset("json", data_files=str(tmp_path / "sft2.jsonl"), split="train")
+    kept, too_long = _trainable(ds2, tok, 64, "sft2.jsonl")
+    assert kept["id"] == ["short"] and too_long == 1
+    assert _trainable(ds2, tok, 512, "sft2.jsonl")[0]["id"] == ["short", "review"]

@@ -143,7 +143,7 @@ class SamplingConfig:
     max_new_tokens: int = 512
 
 
-ReviewMode = Literal["sampled", "expected", "criteria", "combined", "likelihood"]
+ReviewMode = Literal["sampled", "expected", "criteria", "combined", "likelihood", "checks"]
 REVIEW_MODES: tuple[str, ...] = get_args(ReviewMode)
 
 
@@ -161,6 +161,17 @@ class LikelihoodConfig:
 
 
 @dataclass
+class ChecksConfig:
+    """The `checks` judge (stages/review.py): checks the model writes as code for each instruction."""
+
+    samples: int = 4  # check functions sampled per instruction
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=256))
+    # the judge that breaks ties among answers passing the same share of checks, and scores the
+    # answers to an instruction for which no check survived its own tests
+    fallback: Literal["likelihood", "expected"] = "likelihood"
+
+
+@dataclass
 class ReviewConfig:
     # sampled: the method's free-text reviews; expected: E[score] after a forced `score: `;
     # criteria [ours]: the ten rubric criteria asked one by one, sum of P(yes); combined [ours]: the
@@ -172,8 +183,13 @@ class ReviewConfig:
     # score's percentile among this iteration's reviewed seed, for judges whose scores crowd into a
     # narrow band (a 135M model's expected scores span ~3.6-4.5): V=7 then means "top 30%".
     scale: Literal["raw", "rank"] = "raw"
+    # [ours] changed: review again the seed items another judge scored (the previous iteration's
+    # model), so every score compared in an iteration comes from one judge; never: the method's
+    # way, the seed is reviewed only where it has no score yet
+    rejudge: Literal["changed", "never"] = "changed"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
 
 @dataclass
@@ -378,10 +394,12 @@ def _validate(cfg: Config) -> None:
     if cfg.data.limit is not None:  # 0 would run on an empty seed, -1 would drop the last item
         positive("data.limit", cfg.data.limit)
     positive("review.samples", cfg.review.samples)
+    positive("review.checks.samples", cfg.review.checks.samples)
     for name in ("n_instructions", "n_responses", "n_degraded"):
         positive(f"generate.{name}", getattr(cfg.generate, name))
     for sec, s in (
         ("review.sampling", cfg.review.sampling),
+        ("review.checks.sampling", cfg.review.checks.sampling),
         ("generate.sampling", cfg.generate.sampling),
         ("generate.response_sampling", cfg.generate.response_sampling),
     ):

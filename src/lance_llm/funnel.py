@@ -37,7 +37,10 @@ def funnel_row(t: int, stats: dict[str, dict[str, Any]], stages: tuple[Stage, ..
         if st is None:
             continue
         for c in stage.funnel:
-            row[c.name] = row.get(c.name, 0) + c.value(st) if c.total else c.value(st)
+            value = c.value(st)
+            if c.total and c.name in row:  # several stages' counts add up, their {key: ...} lines merge
+                value = {**row[c.name], **value} if isinstance(value, dict) else row[c.name] + value
+            row[c.name] = value
     calls = [st["llm_calls"] for st in stats.values() if st and "llm_calls" in st]
     row[LLM_CALLS.name] = f"{sum(c.get('misses', 0) for c in calls)}/{sum(c.get('hits', 0) for c in calls)}"
     return row
@@ -49,6 +52,8 @@ def funnel_markdown(rows: list[dict[str, Any]], stages: tuple[Stage, ...]) -> st
     lines = ["| " + " | ".join(names) + " |", "|" + "---:|" * len(names)]
     lines += ["| " + " | ".join(str(row.get(n, "")) for n in names) + " |" for row in rows]
     for c in (c for c in cols if c.style == "line"):
+        if c.total and not any(r.get(c.name) for r in rows):
+            continue  # a note that has nothing to say this run
         per = [f"iter {r['iter']}: " + (", ".join(f"{k} {v}" for k, v in (r.get(c.name) or {}).items()) or "none")
                for r in rows]
         lines += ["", f"{c.description}: " + "; ".join(per)]

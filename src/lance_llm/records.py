@@ -39,14 +39,16 @@ class Review:
     `score` is None when no reply parsed: an unscored pair is never selected or paired.
     """
 
-    mode: str  # review.mode: sampled, expected, criteria, combined or likelihood
+    mode: str  # review.mode: sampled, expected, criteria, combined, likelihood or checks
     score: float | None
     # per mode: one per judge reply (None = failed); criteria: P(yes) of each criterion;
-    # combined: (expected, criteria); likelihood: (fluency, relevance, log P(end)) in nats
+    # combined: (expected, criteria); likelihood: (fluency, relevance, log P(end)) in nats;
+    # checks: (share of checks passed, checks kept, fallback score)
     samples: list[float | None] = field(default_factory=list)
-    replies: list[str] = field(default_factory=list)  # raw judge text (sampled mode)
+    replies: list[str] = field(default_factory=list)  # raw judge text (sampled mode), checks' code
     parse_failures: int = 0
     raw_score: float | None = None  # the judge's own score when `score` was rank-scaled
+    judge: str = ""  # who judged: the answering model's fingerprint and the mode ("" = not recorded)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Review:
@@ -58,6 +60,7 @@ class Review:
             replies=[_string(r, f"replies[{i}]") for i, r in enumerate(_list(d, "replies"))],
             parse_failures=_int(d, "parse_failures", 0),
             raw_score=_opt_float(d, "raw_score"),
+            judge=_str(d, "judge", ""),
         )
 
 

@@ -31,7 +31,7 @@ import yaml
 from .config import ConfigError, build_config
 from .drift import DIVERSITY_METRICS, MAX_ROUGE_TEXTS, diversity, drift_rows, generated_groups
 from .funnel import columns
-from .judge.reliability import degraded_check, raw_score
+from .judge.reliability import degraded_check, judge_signals, raw_score
 from .records import atomic_write_text
 from .rundir import RunDir, RunDirError
 from .stage import Stage
@@ -188,8 +188,16 @@ def funnel_table(run: Run) -> str:
                  f'<td>{t}</td><td class="l na" colspan="{len(names) - 1}">not reached</td>')
         rows.append(f"<tr>{cells}</tr>")
     legend = "".join(f"<li><b>{esc(c.name)}</b>: {esc(c.description)}</li>" for c in cols)
+    notes = []
+    for c in (c for c in columns(ITERATION) if c.style == "line"):
+        per = [(t, row.get(c.name)) for t in run.iterations if (row := run.funnel(t)) and row.get(c.name)]
+        if per:
+            notes.append(f"<li><b>{esc(c.description)}</b>: " + "; ".join(
+                f"iter {t}: " + ", ".join(f"{esc(k)} {esc(v)}" for k, v in value.items()) for t, value in per)
+                + "</li>")
     return (f'<table id="funnel"><tr>{head}</tr>{"".join(rows)}</table>'
-            f"<details><summary>What the columns count</summary><ul>{legend}</ul></details>")
+            + (f'<ul class="muted">{"".join(notes)}</ul>' if notes else "")
+            + f"<details><summary>What the columns count</summary><ul>{legend}</ul></details>")
 
 
 def clean_drops(run: Run) -> str:
@@ -419,6 +427,31 @@ def degraded_table(run: Run) -> str:
             "scores; ties count as wrong).</p>")
 
 
+def signals_table(run: Run) -> str:
+    """Per iteration, what the run's judge shows without labels (judge.reliability.judge_signals)."""
+    rows = []
+    for t in run.iterations:
+        seed, gen = run.records(t, "seed_reviewed"), run.records(t, "reviewed")
+        if seed is None:
+            continue
+        s = judge_signals(run.records(t - 1, "seed_reviewed") if t > 1 else None, seed, gen or [],
+                          run.records(t, "dpo_new") or [])
+        ag, sp, ln = s.get("agreement") or {}, s.get("spread") or {}, s.get("lengths") or {}
+        rows.append([str(t), fmt(ag.get("items")), fmt(ag.get("spearman")), fmt(ag.get("pairwise")),
+                     fmt(sp.get("std")), fmt(sp.get("iqr")), fmt(sp.get("ties")), fmt(ln.get("chosen_words"), 1),
+                     fmt(ln.get("rejected_words"), 1)])
+    if not rows:
+        return "<p>No iteration has reviewed its seed yet.</p>"
+    return (_table(["iteration", "items judged again", "Spearman with the previous judge",
+                    "pairs ordered alike", "score std", "score IQR", "tied pairs", "chosen words", "rejected words"],
+                   rows)
+            + '<p class="muted">No labels needed. Agreement: the same seed items scored by this iteration\'s judge '
+            "and the previous one (review.rejudge=changed); spread and ties: raw scores of the seed and the "
+            "generated candidates (a judge that cannot tell answers apart shows little spread, many ties); mean "
+            "words of the chosen and rejected answers of this iteration's pairs (a judge that prefers length shows "
+            "it here).</p>")
+
+
 def judge(run: Run) -> str:
     """Judge reliability (issue 7): RUN_DIR/judge.json, written by `lance judge RUN_DIR`."""
     path = run.rd.judge_json
@@ -456,7 +489,8 @@ def render(run_dir: Path) -> str:
         _guard(stage_table, run, 0, run.enabled(PREPARE)),
         *(iteration(run, t) for t in run.iterations),
         '<h2 id="evaluation">Evaluation</h2>', _guard(evaluation, run),
-        '<h2 id="judge">Judge reliability</h2>', _guard(degraded_table, run), _guard(judge, run),
+        '<h2 id="judge">Judge reliability</h2>', _guard(degraded_table, run), _guard(signals_table, run),
+        _guard(judge, run),
     ]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>LANCE run report: {esc(run_dir.name)}</title><style>{CSS}</style></head>"

@@ -32,13 +32,19 @@ class Sampling:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """Chat messages, rendered with the model's own chat template, then `n` samples."""
+    """Chat messages, rendered with the model's own chat template, then `n` samples (surrounding
+    whitespace stripped). `prefix` starts the assistant's reply: the model continues it, and the
+    returned text is the continuation alone, its leading whitespace kept (it may be indentation)."""
 
     messages: tuple[Message, ...]
     sampling: Sampling
+    prefix: str = ""
 
     def key(self) -> dict:
-        return {"kind": "generate", "messages": [list(m) for m in self.messages], **asdict(self.sampling)}
+        key = {"kind": "generate", "messages": [list(m) for m in self.messages], **asdict(self.sampling)}
+        if self.prefix:  # only when set, so the cache keys of plain requests stay what they were
+            key["prefix"] = self.prefix
+        return key
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def tidy(text: str, req: GenerateRequest) -> str:
+    """A sampled reply as GenerateRequest promises it: stripped, or only at its end after a prefix."""
+    return text.rstrip() if req.prefix else text.strip()
 
 
 def end_of_turn_text(tok: Any) -> str:

@@ -30,7 +30,16 @@ from pathlib import Path
 import torch
 
 from . import BackendSpec, register
-from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, common_prefix, reduce_logprobs, score_targets
+from .base import (
+    Backend,
+    ChatTemplate,
+    GenerateRequest,
+    ScoreRequest,
+    common_prefix,
+    reduce_logprobs,
+    score_targets,
+    tidy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +117,7 @@ class HFBackend(ChatTemplate, Backend):
         sample does not depend on which other requests share its batch (up to float rounding).
         """
         out: list[list[str]] = [[] for _ in requests]
-        prompts = [self._ids(self.render(r.messages)) for r in requests]
+        prompts = [self._ids(self.render(r.messages) + r.prefix) for r in requests]
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             s = req.sampling
@@ -125,7 +134,7 @@ class HFBackend(ChatTemplate, Backend):
                                          [(requests[i].sampling.seed, j) for i, j, _ in batch],
                                          temperature, top_p, max_new)
                     for (i, _, _), samples in zip(batch, texts, strict=True):
-                        out[i].extend(samples)
+                        out[i].extend(tidy(x, requests[i]) for x in samples)
                     batch = []
                 if unit is not None:
                     batch.append(unit)
@@ -169,7 +178,7 @@ class HFBackend(ChatTemplate, Backend):
             logits = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=last[:, None],
                                 **{self._cache_kw: cache}, use_cache=True).logits[:, -1]
         self.tokens["generated"] += sum(len(t) for t in new)  # up to and including end-of-sequence
-        texts = [self.tok.decode(t, skip_special_tokens=True).strip() for t in new]
+        texts = [self.tok.decode(t, skip_special_tokens=True) for t in new]
         grouped: list[list[str]] = [[] for _ in prompts]
         for (k, _), text in zip(owner, texts, strict=True):
             grouped[k].append(text)

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BackendSpec, register
-from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, score_targets
+from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, score_targets, tidy
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +166,19 @@ class OpenAIBackend(ChatTemplate, Backend):
         messages = [{"role": r, "content": c} for r, c in req.messages]
         out: list[str] = []
         while len(out) < s.n:
-            resp = self.client.chat.completions.create(
-                model=self.model, messages=messages, n=s.n - len(out), temperature=s.temperature,
-                top_p=s.top_p if s.temperature > 0 else 1.0, max_tokens=s.max_new_tokens, seed=s.seed + len(out),
-                extra_body=PLAIN_SAMPLING if self.cfg.plain_sampling else None,
-            )
+            common = dict(model=self.model, n=s.n - len(out), temperature=s.temperature,
+                          top_p=s.top_p if s.temperature > 0 else 1.0, max_tokens=s.max_new_tokens,
+                          seed=s.seed + len(out), extra_body=PLAIN_SAMPLING if self.cfg.plain_sampling else None)
+            if req.prefix:  # chat completions cannot start the reply: the prompt rendered here, as in scoring
+                resp = self.client.completions.create(prompt=self.render(req.messages) + req.prefix, **common)
+                texts = [c.text or "" for c in resp.choices]
+            else:
+                resp = self.client.chat.completions.create(messages=messages, **common)
+                texts = [c.message.content or "" for c in resp.choices]
             self._count(resp.usage)
             if not resp.choices:
                 raise RuntimeError(f"{self.cfg.base_url}: chat completion returned no choices")
-            out.extend((c.message.content or "").strip() for c in resp.choices)
+            out.extend(tidy(t, req) for t in texts)
         return out[: s.n]
 
     # -- scoring ---------------------------------------------------------------------------

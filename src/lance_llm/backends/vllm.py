@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BackendSpec, register
-from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, reduce_logprobs, score_targets
+from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, reduce_logprobs, score_targets, tidy
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class VLLMBackend(ChatTemplate, Backend):
         for req in requests:
             s = req.sampling
             greedy = s.temperature <= 0
-            jobs.append((self._ids(self.render(req.messages)),
+            jobs.append((self._ids(self.render(req.messages) + req.prefix),
                          dict(n=s.n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
                               max_tokens=s.max_new_tokens, seed=s.seed)))
         result = []
@@ -205,7 +205,7 @@ class VLLMBackend(ChatTemplate, Backend):
                 raise RuntimeError(f"vLLM returned {len(res['texts'])} samples, expected {req.sampling.n}")
             self.tokens["prompt"] += len(ids)
             self.tokens["generated"] += res["generated"]
-            result.append([t.strip() for t in res["texts"]])
+            result.append([tidy(t, req) for t in res["texts"]])
         return result
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:

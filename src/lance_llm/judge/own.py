@@ -152,17 +152,20 @@ def _valid(x: float | None) -> bool:
 
 
 def prompt_stats(labels: Sequence[float], scores: Sequence[float | None]) -> dict[str, float]:
-    """What one prompt contributes: pairwise (right, pairs), pick, bottom, random, best, top-vs-bottom."""
+    """What one prompt contributes: pairwise (right, pairs), pick, bottom, random, best, top-vs-bottom.
+    A judge that leaves an answer unscored has no opinion on it: its pairs count half, as a tie."""
     k = [i for i, s in enumerate(scores) if _valid(s)]
     out = {"right": 0.0, "pairs": 0.0, "random": sum(labels) / len(labels), "best": max(labels)}
-    for a in range(len(k)):
-        for b in range(a + 1, len(k)):
-            i, j = k[a], k[b]
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
             if labels[i] == labels[j]:
                 continue
             out["pairs"] += 1
             si, sj = scores[i], scores[j]
-            out["right"] += 0.5 if si == sj else float((si > sj) == (labels[i] > labels[j]))  # type: ignore[operator]
+            if not (_valid(si) and _valid(sj)) or si == sj:
+                out["right"] += 0.5
+            else:
+                out["right"] += float((si > sj) == (labels[i] > labels[j]))  # type: ignore[operator]
     if k:
         top, low = max(scores[i] for i in k), min(scores[i] for i in k)  # type: ignore[type-var]
         tops = [labels[i] for i in k if scores[i] == top]
@@ -269,7 +272,7 @@ def run_own(backend: Backend, cfg: Config, items: Sequence[Item], modes: Sequenc
             reference = [g[0] for g in seed_scores if _valid(g[0])]
         seconds = time.perf_counter() - t0
         results[mode] = {**measure(labels, scores, cfg, reference, seed),
-                         "seconds_per_item": round(seconds / max(1, sum(map(len, answers))), 4)}
+                         "seconds_per_item": round(seconds / max(1, sum(map(len, answers))), 4), "scores": scores}
         progress(f"{mode}: pairwise {results[mode]['pairwise']}, pick {results[mode]['pick']}")
     for rule in RULES:
         results[f"rule:{rule}"] = {**measure(labels, rule_scores(rule, answers, seed), cfg, None, seed),

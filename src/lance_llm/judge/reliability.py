@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,6 +104,71 @@ def degraded_check(seed: Sequence[Sample], generated: Sequence[Sample]) -> dict[
     by_id = {s.id: raw_score(s) for s in seed}
     return _summary([outcome(by_id.get(g.parent_id or ""), raw_score(g)) for g in generated
                      if g.origin == "degraded"])
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2  # ties share their mean rank
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (mid-ranks for ties); None when either side is constant."""
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return round(cov / math.sqrt(va * vb), 4) if va and vb else None
+
+
+def judge_signals(previous: Sequence[Sample] | None, seed: Sequence[Sample], reviewed: Sequence[Sample],
+                  pairs: Sequence[Any]) -> dict[str, Any]:
+    """What every run can say about its judge without labels, per iteration:
+    - agreement with the previous iteration's judge on the same seed items (their raw scores then
+      and now: Spearman's rho, and the share of item pairs both order the same way), when the
+      seed was judged again (review.rejudge=changed) by another model;
+    - spread of the raw scores (standard deviation, interquartile range) and ties (the share of
+      item pairs with equal scores: a judge that cannot tell answers apart);
+    - mean words of the chosen and of the rejected answers of the preference pairs made (a
+      judge that prefers length shows it here)."""
+    out: dict[str, Any] = {}
+    now = {s.id: (raw_score(s), s.review.judge if s.review else "") for s in seed}
+    if previous is not None:
+        common = [(raw_score(p), now[p.id][0]) for p in previous
+                  if p.id in now and p.review and p.review.judge != now[p.id][1]
+                  and raw_score(p) is not None and now[p.id][0] is not None]
+        if len(common) >= 2:
+            a, b = [x for x, _ in common], [y for _, y in common]
+            pairs_ = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a)) if a[i] != a[j] and b[i] != b[j]]
+            same = sum((a[i] > a[j]) == (b[i] > b[j]) for i, j in pairs_)
+            out["agreement"] = {"items": len(common), "spearman": spearman(a, b),
+                                "pairwise": round(same / len(pairs_), 4) if pairs_ else None}
+    scores = sorted(x for x in (raw_score(s) for s in (*seed, *reviewed)) if x is not None)
+    if len(scores) >= 2:
+        mean = sum(scores) / len(scores)
+        std = math.sqrt(sum((x - mean) ** 2 for x in scores) / (len(scores) - 1))
+        n = len(scores)
+
+        def q(f: float) -> float:
+            return scores[min(n - 1, int(f * n))]
+
+        tied = sum(c * (c - 1) // 2 for c in Counter(round(x, 4) for x in scores).values())
+        out["spread"] = {"scores": n, "std": round(std, 4), "iqr": round(q(0.75) - q(0.25), 4),
+                         "ties": round(tied / (n * (n - 1) / 2), 4)}
+    if pairs:
+        def words(side: str) -> float:
+            return round(sum(len(getattr(p, side)[-1]["content"].split()) for p in pairs) / len(pairs), 1)
+
+        out["lengths"] = {"pairs": len(pairs), "chosen_words": words("chosen"), "rejected_words": words("rejected")}
+    return out
 
 
 def _sid(instruction: str, response: str) -> str:

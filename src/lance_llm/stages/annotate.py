@@ -131,7 +131,26 @@ def run_annotate(ctx: StageContext) -> dict:
     for name, records in (("sft_new", sft_new), ("dpo_new", pairs), ("sft", sft), ("dpo", dpo), ("next_seed", nxt)):
         ctx.write(name, records)
     return {"sft_new": len(sft_new), "pairs_new": len(pairs), "sft_total": len(sft), "dpo_total": len(dpo),
-            "next_seed": len(nxt), "paired_seeds": len({p.parent_id for p in pairs})}
+            "next_seed": len(nxt), "paired_seeds": len({p.parent_id for p in pairs}),
+            "empty": empty_reasons(reviewed, seed, cfg.annotate)}
+
+
+def empty_reasons(reviewed: Sequence[Sample], seed: Sequence[Sample], cfg: AnnotateConfig) -> dict[str, str]:
+    """Why no SFT example or no pair was made when there were candidates for them: the scores."""
+    out = {}
+    new = [s.score for s in reviewed if s.origin == "new" and s.score is not None]
+    if new and not any(x > cfg.sft_threshold for x in new):
+        out["SFT"] = f"no new answer scored above {cfg.sft_threshold} (best {max(new):.2f})"
+    parents = {s.parent_id for s in reviewed if s.origin == "degraded" and s.score is not None}
+    margins = []
+    for p in (s for s in seed if s.id in parents and s.score is not None):
+        group = [p.score] + [s.score for s in reviewed if s.parent_id == p.id and s.origin == "degraded"
+                             and s.score is not None]
+        margins.append(max(group) - min(group))
+    if margins and max(margins) <= cfg.pair_margin:
+        out["pairs"] = f"no candidate beat the lowest of its seed's by more than {cfg.pair_margin} " \
+                       f"(best margin {max(margins):.2f})"
+    return out
 
 
 ANNOTATE = Stage(
@@ -141,4 +160,5 @@ ANNOTATE = Stage(
     funnel=(Column("SFT kept", "new pairs scored above the SFT threshold", lambda st: st["sft_new"]),
             Column("pairs", "preference pairs made", lambda st: st["pairs_new"]),
             Column("SFT total", "accumulated SFT examples trained on", lambda st: st["sft_total"]),
-            Column("DPO total", "accumulated preference pairs trained on", lambda st: st["dpo_total"])))
+            Column("DPO total", "accumulated preference pairs trained on", lambda st: st["dpo_total"]),
+            Column("empty", "Empty for lack of quality", lambda st: st.get("empty", {}), total=True, style="line")))

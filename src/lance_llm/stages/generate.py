@@ -165,11 +165,17 @@ def generate(
 
 def run_generate(ctx: StageContext) -> dict:
     """Steps 2 and 3: split the reviewed seed on the threshold, then write for both branches."""
-    cfg = ctx.cfg
-    low, high, unscored = split(ctx.read("seed_reviewed"), cfg.generate.threshold)
+    cfg, v = ctx.cfg, ctx.cfg.generate.threshold
+    low, high, unscored = split(ctx.read("seed_reviewed"), v)
     cands, st = generate(low, high, ctx.backend, cfg.generate, ctx.system, ctx.t, cfg.seed)
     ctx.write("generated", cands)
-    return {**st.to_dict(), "unscored_seeds": len(unscored), "candidates": len(cands)}
+    scores = [s.score for s in (*low, *high) if s.score is not None]
+    empty = {}  # a branch empty because of the scores (not because there is no seed), and why
+    if scores and not high:
+        empty["high"] = f"no seed scored above {v} (best {max(scores):.2f})"
+    if scores and not low:
+        empty["low"] = f"every seed scored above {v} (lowest {min(scores):.2f})"
+    return {**st.to_dict(), "unscored_seeds": len(unscored), "candidates": len(cands), "empty": empty}
 
 
 GENERATE = Stage(
@@ -183,4 +189,5 @@ GENERATE = Stage(
             Column("new resp.", "responses written to new instructions", lambda st: st["new_responses"]),
             Column("degraded", "degraded responses parsed", lambda st: st["degraded_responses"]),
             Column("parse fail", "judge replies + generation replies that did not parse",
-                   lambda st: st["instruction_parse_failures"] + st["degrade_parse_failures"], total=True)))
+                   lambda st: st["instruction_parse_failures"] + st["degrade_parse_failures"], total=True),
+            Column("empty", "Empty for lack of quality", lambda st: st.get("empty", {}), total=True, style="line")))

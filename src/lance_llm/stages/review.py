@@ -26,7 +26,8 @@ The modes (config `review.mode`):
   = 10 * sigmoid(raw + center): 0-10, monotone in raw. It does not read the constitution, so its
   0-10 is no rubric count: use `review.scale: rank`. Three scored sequences per pair (the first
   and the third share one forward pass), no generation; far more accurate than the rubric modes
-  on small models (BENCHMARKS.md, "Judge"). An empty response is unscored, not scored.
+  on small models (BENCHMARKS.md, "Judge"). An empty response is unscored, not scored. It reads
+  the response under the system prompt the generator answered with.
 
     reviewed, stats = review(samples, backend, cfg.review, system_prompt, seed=0)
 
@@ -36,6 +37,7 @@ The stages REVIEW_SEED (step 1) and REVIEW_GENERATED (step 5) at the end run it 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -165,7 +167,9 @@ def review(
     elif cfg.mode == "criteria":
         reviews = _criteria(samples, backend, system)
     elif cfg.mode == "likelihood":
-        reviews = _likelihood(samples, backend, cfg.likelihood)
+        reviews = _likelihood(samples, backend, cfg.likelihood, system)
+    elif cfg.mode == "checks":
+        reviews = _checks(samples, backend, cfg, system, seed)
     elif cfg.mode == "combined":
         reviews = []
         for e, c in zip(_expected(samples, backend, system), _criteria(samples, backend, system), strict=True):
@@ -190,6 +194,7 @@ def review(
         raise ValueError(f"unknown review.mode {cfg.mode!r}")
     result = []
     for s, r in zip(samples, reviews, strict=True):
+        r.judge = judge_id(backend, cfg)
         stats.replies += len(r.samples)
         stats.reply_parse_failures += r.parse_failures
         if r.score is None:
@@ -198,6 +203,11 @@ def review(
             stats.scored += 1
         result.append(replace(s, review=r))
     return result, stats
+
+
+def judge_id(backend: Backend, cfg: ReviewConfig) -> str:
+    """Who judges: the answering model (weights + engine numerics) and the review mode."""
+    return f"{backend.fingerprint}/{cfg.mode}"
 
 
 def _review_chats(samples: Sequence[Sample], system: str) -> list[tuple]:
@@ -231,13 +241,15 @@ def _criteria(samples: Sequence[Sample], backend: Backend, system: str) -> list[
     return reviews
 
 
-def likelihood_requests(instruction: str, response: str) -> list[ScoreRequest]:
+def likelihood_requests(instruction: str, response: str, system: str) -> list[ScoreRequest]:
     """The three numbers the likelihood judge reads: the response's mean log-probability after its
     instruction and after a neutral one, and the log-probability that the reply ends after it.
-    The chat carries no system prompt: the question is how the model itself would answer."""
-    asked = (("user", instruction),)
+    The chat carries the system prompt the loop's generator answers with: the judge reads the
+    answer as it was written."""
+    asked = (("system", system), ("user", instruction))
     return [ScoreRequest(asked, "", (response,), per_token=True),
-            ScoreRequest((("user", load("neutral_instruction")),), "", (response,), per_token=True),
+            ScoreRequest((("system", system), ("user", load("neutral_instruction"))), "", (response,),
+                         per_token=True),
             ScoreRequest(asked, response, ("",), end_of_turn=True)]
 
 
@@ -248,10 +260,10 @@ def likelihood_score(parts: Sequence[float], cfg: LikelihoodConfig) -> float:
     return 10 / (1 + math.exp(-(raw + cfg.center))) if raw + cfg.center > -700 else 0.0
 
 
-def _likelihood(samples: Sequence[Sample], backend: Backend, cfg: LikelihoodConfig) -> list[Review]:
+def _likelihood(samples: Sequence[Sample], backend: Backend, cfg: LikelihoodConfig, system: str) -> list[Review]:
     # an empty response has no tokens to read: it stays unscored (a counted failure, not a 0)
     scorable = [k for k, s in enumerate(samples) if s.response.strip()]
-    reqs = [r for k in scorable for r in likelihood_requests(samples[k].instruction, samples[k].response)]
+    reqs = [r for k in scorable for r in likelihood_requests(samples[k].instruction, samples[k].response, system)]
     out = backend.score(reqs)
     read = {k: [lp[0] for lp in out[3 * i : 3 * i + 3]] for i, k in enumerate(scorable)}
     reviews = []
@@ -266,41 +278,101 @@ def _likelihood(samples: Sequence[Sample], backend: Backend, cfg: LikelihoodConf
     return reviews
 
 
+CHECK_PREFIX = "```python\ndef check(response: str) -> bool:\n"
+
+
+def _checks(samples: Sequence[Sample], backend: Backend, cfg: ReviewConfig, system: str, seed: int) -> list[Review]:
+    """Per distinct instruction, the model writes `samples` check functions with their own tests
+    (prompts/check_writer.txt, its reply prefilled with the `def` line); a check is kept when it
+    runs and its own asserts hold (AutoIF's cross-validation, arXiv 2406.13542), and each kept
+    check runs on every answer (lance_llm.sandbox). score = 9 x the share of kept checks an answer
+    passes + 0.1 x the fallback judge's score (ties broken, 0-10 kept); an instruction without a
+    kept check is scored by the fallback judge alone. Review.samples: (share or None, checks kept,
+    fallback score); Review.replies: the kept checks' code."""
+    from .. import sandbox
+
+    cc = cfg.checks
+    fallback = {s.id: s.review for s in review(samples, backend, replace(cfg, mode=cc.fallback), system, seed)[0]}
+    instructions = list(dict.fromkeys(s.instruction for s in samples))
+    sp = cc.sampling
+    reqs = [GenerateRequest((("user", render(load("check_writer"), instruction=ins)),),
+                            Sampling(sp.temperature, sp.top_p, sp.max_new_tokens, cc.samples,
+                                     stable_int(seed, "checks", ins)), prefix=CHECK_PREFIX)
+            for ins in instructions]
+    codes = {ins: [c for c in (sandbox.check_code(CHECK_PREFIX, r) for r in replies) if c]
+             for ins, replies in zip(instructions, backend.generate(reqs), strict=True)}
+    flat = [c for ins in instructions for c in codes[ins]]
+    start = dict(zip(instructions, itertools.accumulate([0, *(len(codes[i]) for i in instructions)]), strict=False))
+    cases = [(start[s.instruction] + k, s.response) for s in samples for k in range(len(codes[s.instruction]))]
+    valid, results = sandbox.run_checks(flat, cases)
+    outcome = iter(results)
+    reviews = []
+    for s in samples:
+        own = range(start[s.instruction], start[s.instruction] + len(codes[s.instruction]))
+        passed = [next(outcome) for _ in own]
+        kept = [p is True for p, i in zip(passed, own, strict=True) if valid[i]]
+        fb = fallback[s.id]
+        if fb is None or fb.score is None:
+            reviews.append(Review(mode="checks", score=None, samples=[None], parse_failures=1))
+            continue
+        share = sum(kept) / len(kept) if kept else None
+        score = fb.score if share is None else 9 * share + 0.1 * fb.score
+        reviews.append(Review(mode="checks", score=round(score, 4), samples=[share, len(kept), fb.score],
+                              replies=[flat[i] for i in own if valid[i]]))
+    return reviews
+
+
 # -- the two review stages (the method's steps 1 and 5) -------------------------------------
 #: the templates each mode renders (likelihood renders no rubric and no system prompt)
 MODE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "sampled": ("system", "review"), "expected": ("system", "review"),
     "criteria": ("system", "criteria", "criterion_question", "criterion_response"),
     "combined": ("system", "review", "criteria", "criterion_question", "criterion_response"),
-    "likelihood": ("neutral_instruction",),
+    "likelihood": ("system", "neutral_instruction"),
 }
 
 
 def review_keys(cfg: Config) -> tuple[str, ...]:
     """The review settings the current mode reads (request seeds only matter when sampling)."""
-    keys = ("review.mode", "review.scale")
+    keys = ("review.mode", "review.scale", "review.rejudge")
     if cfg.review.mode == "sampled":
         keys += ("review.samples", "review.sampling", "seed")
     if cfg.review.mode == "likelihood":
         keys += ("review.likelihood",)
-    return keys
+    if cfg.review.mode == "checks":
+        keys += ("review.checks", "seed", "review.likelihood" if cfg.review.checks.fallback == "likelihood" else "")
+    return tuple(k for k in keys if k)
 
 
 def _templates(cfg: Config) -> tuple[str, ...]:
+    if cfg.review.mode == "checks":  # its own, and its fallback judge's
+        return ("check_writer", *MODE_TEMPLATES[cfg.review.checks.fallback])
     return MODE_TEMPLATES[cfg.review.mode]
 
 
+def rank_reference(seed: Sequence[Sample], seed0: Sequence[Sample]) -> list[float]:
+    """The raw scores the rank scale reads: Seed_0's as this iteration's judge scored them (the
+    human seed is the fixed yardstick, so how many items clear a threshold says something about
+    their quality from iteration 2 on; in iteration 1 the seed is Seed_0)."""
+    ids = {s.id for s in seed0}
+    return raw_scores([s for s in seed if s.id in ids]) or raw_scores(seed)
+
+
 def run_review_seed(ctx: StageContext) -> dict:
-    """Step 1: review the seed items that have no score yet; on the rank scale, rank them all."""
+    """Step 1: review the seed items that have no score yet, and [ours, review.rejudge=changed]
+    those another judge scored (an earlier model: raw scores of two models do not compare); on the
+    rank scale, rank them all against Seed_0."""
     cfg, seed = ctx.cfg, ctx.read("seed_in")
-    todo = [s for s in seed if s.review is None]  # the method reviews unscored seeds only
+    judge = judge_id(ctx.backend, cfg.review)
+    todo = [s for s in seed if s.review is None or (cfg.review.rejudge == "changed" and s.review.judge != judge)]
     done, st = review(todo, ctx.backend, cfg.review, ctx.system, stable_int(cfg.seed, ctx.t))
     by_id = {s.id: s for s in done}
     seed = [by_id.get(s.id, s) for s in seed]
     if cfg.review.scale == "rank":
-        seed = rank_scale(seed, raw_scores(seed))
+        seed = rank_scale(seed, rank_reference(seed, ctx.read("seed@0")))
     ctx.write("seed_reviewed", seed)
-    return {**st.to_dict(), "seed": len(seed), "already_reviewed": len(seed) - len(todo)}
+    rejudged = sum(1 for s in todo if s.review is not None)
+    return {**st.to_dict(), "seed": len(seed), "already_reviewed": len(seed) - len(todo), "rejudged": rejudged}
 
 
 def run_review_generated(ctx: StageContext) -> dict:
@@ -308,21 +380,22 @@ def run_review_generated(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     done, st = review(ctx.read("cleaned"), ctx.backend, cfg.review, ctx.system, stable_int(cfg.seed, ctx.t, "gen"))
     if cfg.review.scale == "rank":
-        done = rank_scale(done, raw_scores(ctx.read("seed_reviewed")))
+        done = rank_scale(done, rank_reference(ctx.read("seed_reviewed"), ctx.read("seed@0")))
     ctx.write("reviewed", done)
     return st.to_dict()
 
 
 _PARSE_FAIL = "judge replies + generation replies that did not parse"
 REVIEW_SEED = Stage(
-    name="review_seed", reads=("seed_in",), writes=("seed_reviewed",), config=review_keys, templates=_templates,
+    name="review_seed", reads=("seed_in", "seed@0"), writes=("seed_reviewed",), config=review_keys,
+    templates=_templates,
     needs="backend", run=run_review_seed, parse=(("judge, seed review", "reply_parse_failures", "replies"),),
     funnel=(Column("seeds", "seed items", lambda st: st["seed"]),
             Column("unscored seeds", "seed items whose review did not parse (no score, excluded)",
                    lambda st: st["unscored"]),
             Column("parse fail", _PARSE_FAIL, lambda st: st["reply_parse_failures"], total=True)))
 REVIEW_GENERATED = Stage(
-    name="review_generated", reads=("cleaned", "seed_reviewed"), writes=("reviewed",), config=review_keys,
+    name="review_generated", reads=("cleaned", "seed_reviewed", "seed@0"), writes=("reviewed",), config=review_keys,
     templates=_templates, needs="backend", run=run_review_generated,
     parse=(("judge, generated review", "reply_parse_failures", "replies"),),
     funnel=(Column("reviewed", "cleaned candidates with a score", lambda st: st["scored"]),

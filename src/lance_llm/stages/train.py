@@ -40,7 +40,7 @@ class TrainResult:
     examples: int
     loss: float | None
     seconds: float
-    too_long: int = 0  # SFT examples left out: their prompt alone fills max_length (see _trainable)
+    too_long: int = 0  # SFT examples left out: a prompt fills max_length, a review example is cut (_trainable)
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "steps": self.steps, "examples": self.examples,
@@ -158,22 +158,29 @@ def _save(trainer, tokenizer, out: Path) -> None:
 
 
 def _trainable(ds, tok, max_length: int, data: str | Path):
-    """`ds` without the prompt-completion examples whose prompt alone has `max_length` tokens or
-    more, and how many those were. Packing cuts every example at max_length, so such an example
-    keeps none of its completion (the only tokens with a loss): a step made of them trains on
-    nothing (loss 0, no parameter moves), which is how the 256-token test config once trained
-    on ~500-token review examples. They are counted in the stage's stats, not silently lost."""
-    def prompt_tokens(ex: dict) -> int:
-        text = tok.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
+    """`ds` without the examples packing would cut so they teach nothing or the wrong thing, and
+    how many those were (counted in the stage's stats as `too_long`, never silently lost):
+    - an example whose prompt alone has `max_length` tokens or more keeps none of its completion
+      (the only tokens with a loss): a step made of them trains on nothing, which is how the
+      256-token test config once trained on ~500-token review examples;
+    - a review example (source `review_example`) that does not fit whole: cut, it would teach a
+      review without its `score:` line, which is what the judge reads."""
+    def tokens(messages: list, generation_prompt: bool) -> int:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    keep = [i for i, ex in enumerate(ds) if prompt_tokens(ex) < max_length]
+    def fits(ex: dict) -> bool:
+        if ex.get("source") == "review_example":
+            return tokens(ex["prompt"] + ex["completion"], False) <= max_length
+        return tokens(ex["prompt"], True) < max_length
+
+    keep = [i for i, ex in enumerate(ds) if fits(ex)]
     if not keep:
-        raise ValueError(f"{data}: the prompt of every SFT example has >= {max_length} tokens, so none would "
-                         "train; raise train.sft.max_length")
+        raise ValueError(f"{data}: no SFT example fits max_length={max_length} tokens (a prompt fills it, or a "
+                         "review example does not fit whole); raise train.sft.max_length")
     if len(keep) < len(ds):
-        log.warning("%s: %d of %d SFT examples left out: their prompt alone fills max_length=%d",
-                    data, len(ds) - len(keep), len(ds), max_length)
+        log.warning("%s: %d of %d SFT examples left out: a prompt fills max_length=%d, or a review example does "
+                    "not fit whole", data, len(ds) - len(keep), len(ds), max_length)
     return ds.select(keep), len(ds) - len(keep)
 
 
