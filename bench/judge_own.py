@@ -19,11 +19,14 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+
+from lance_llm.judge.own import markdown  # noqa: E402
 
 RESULTS = HERE / "judge_own.json"
 TABLE = HERE / "judge_own.md"
@@ -32,58 +35,13 @@ CONFIG = HERE.parent / "configs" / "default.yaml"
 
 def measure(model: str, sources: list[str], split: str, limit: int | None, modes: list[str], n: int,
             overrides: list[str]) -> dict[str, dict]:
-    from lance_llm import models
-    from lance_llm.backends import backend_fingerprint, make_backend
-    from lance_llm.backends.cache import CachedBackend
     from lance_llm.config import load_config
-    from lance_llm.judge.own import load_items, run_own
-    from lance_llm.prompts import load
-    from lance_llm.seeds import load_seed
+    from lance_llm.judge.run import run_own_judge
 
     cfg = load_config(CONFIG, [f"model.source={model}", *overrides])
-    resolved = models.resolve(cfg.model.source, cfg.model.cache_dir)
-    fp = backend_fingerprint(cfg, resolved.path)
-    backend = CachedBackend(lambda: make_backend(cfg, resolved.path, fp), fp,
-                            models.cache_root(cfg.model.cache_dir) / "judge_own" / "cache.sqlite",
-                            chunk_size=cfg.backend.batch_size * 4)
-    out = {}
-    try:
-        for source in sources:
-            items = load_items(source, split, limit, cfg.seed)
-            backend.label = f"{model} {source}"
-            res = run_own(backend, cfg, items, modes, n, load("system"), load_seed(cfg.data, cfg.seed), cfg.seed,
-                          progress=lambda s, src=source: print(f"{model} {src}: {s}", file=sys.stderr, flush=True))
-            res["settings"] = {"config": str(CONFIG.relative_to(HERE.parent)), "overrides": overrides,
-                               "sampling": vars(cfg.generate.response_sampling), "scale": cfg.review.scale,
-                               "sft_threshold": cfg.annotate.sft_threshold, "pair_margin": cfg.annotate.pair_margin}
-            out[source] = res
-    finally:
-        backend.close()
-    return out
-
-
-def _f(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def table(results: dict) -> str:
-    head = ["model", "source", "split", "prompts (differing)", "judge", "pairwise [95% CI]", "pick", "random", "best",
-            "bottom", "gap closed", "top/bottom right:wrong", "SFT precision (base, selected)",
-            "pairs right/equal/wrong", "s/answer"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, entry in results.items():
-        model, split, source = key.split("|")
-        for judge, r in entry["results"].items():
-            ci = r.get("pairwise_ci95")
-            pw = _f(r["pairwise"]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-            sft = f"{_f(r['sft_precision'])} ({_f(r['base_rate'])}, {r['sft_selected']})"
-            pairs = "/".join(str(r["preference_pairs"][k]) for k in ("right", "equal", "wrong"))
-            lines.append("| " + " | ".join([
-                model, source, split, f"{r['prompts']} ({r['prompts_with_differing_labels']})", judge, pw,
-                _f(r["pick"]), _f(r["random"]), _f(r["best"]), _f(r["bottom"]), _f(r["gap_closed"]),
-                f"{r['top_bottom']['right']}:{r['top_bottom']['wrong']}", sft, pairs,
-                _f(r["seconds_per_item"], 3)]) + " |")
-    return "\n".join(lines) + "\n"
+    got = run_own_judge(cfg, model, modes, sources, split, limit, n, out=Path(tempfile.mkdtemp()))["results"]
+    return {key.rsplit("|", 1)[1]: {**res, "settings": {**res["settings"], "config": str(CONFIG.relative_to(
+        HERE.parent)), "overrides": overrides}} for key, res in got.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": "python bench/judge_own.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         print(f"done in {time.time() - t0:.0f}s", file=sys.stderr)
         RESULTS.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
-    TABLE.write_text(table(stored))
+    TABLE.write_text(markdown(stored))
     print(TABLE.read_text(), end="")
     return 0
 

@@ -3,6 +3,7 @@ labels (IFEval's checker, GSM8K's last number), and a whole run with the scripte
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -108,3 +109,24 @@ def test_a_whole_run_with_a_scripted_model() -> None:
     assert res["results"]["expected"]["pairwise"] == 0.0 and res["results"]["expected"]["pick"] == 0.0
     assert res["results"]["rule:shorter"]["pairwise"] == 0.5  # "a, b" is shortest: one right, one wrong
     assert res["results"]["rule:longer"]["pick"] == 0.0
+
+
+def test_lance_judge_own_end_to_end_with_a_scripted_model(tmp_path, fake_base, monkeypatch, capsys) -> None:
+    from lance_llm import backends
+    from lance_llm.cli import main
+
+    def gen(req):
+        return ["Hi there", "Hi, there"][: req.sampling.n] if "without" not in req.messages[-1][1] else ["x"]
+
+    monkeypatch.setenv("LANCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "make_backend", lambda cfg, path, fp: ScriptedBackend(gen, lambda r: [-1.0]))
+    assert main(["judge", str(fake_base), "--own", "--sources", "ifeval", "--split", "dev", "--limit", "3",
+                 "--n", "2", "--mode", "likelihood", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| rule:shorter |" in out and "wrote" in out
+    doc = json.loads((tmp_path / "out" / "judge_own.json").read_text())
+    entry = next(iter(doc.values()))
+    assert entry["prompts"] == 3 and len(entry["answers"]) == 3 and set(entry["results"]) == {
+        "likelihood", "rule:shorter", "rule:longer", "rule:random"}
+    assert main(["judge", str(fake_base), "--own", "--sources", "nope"]) == 2
+    assert "--sources: unknown ['nope']" in capsys.readouterr().err

@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_judge.add_argument("--seed-file", help="Self-Instruct seed tasks or seed JSONL (default: "
                          "../shared/data/self_instruct/seed_tasks.jsonl, else the shipped seed)")
     p_judge.add_argument("--out", metavar="DIR", help="output dir (default: the run dir, else ./judge_results)")
+    p_judge.add_argument("--own", action="store_true",
+                         help="judge the model's own answers instead (IFEval and GSM8K prompts, labelled by their "
+                         "checkers; the loop's generation settings, thresholds and scale): writes judge_own.json/.md")
+    p_judge.add_argument("--sources", default="ifeval,gsm8k", help="with --own: prompt sources (default both)")
+    p_judge.add_argument("--n", type=int, default=4, help="with --own: answers sampled per prompt (default 4)")
 
     p_models = sub.add_parser("models", help="list, fetch or resolve models")
     msub = p_models.add_subparsers(dest="models_command", required=True)
@@ -190,6 +195,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .judge.run import run_judge
 
         cfg = _config(args)
+        if args.own:
+            from .judge.run import run_own_judge
+
+            sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+            doc = run_own_judge(cfg, args.model, args.modes or [cfg.review.mode], sources,
+                                None if args.split == "all" else args.split, args.limit, args.n,
+                                Path(args.out) if args.out else None)
+            print(doc["markdown"], end="")
+            print(f"wrote {doc['out']}/judge_own.json and judge_own.md")
+            return 0
         doc = run_judge(cfg, args.model, args.modes or [cfg.review.mode],
                         None if args.split == "all" else args.split, args.limit,
                         Path(args.out) if args.out else None, args.seed_file)

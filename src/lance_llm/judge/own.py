@@ -280,3 +280,28 @@ def run_own(backend: Backend, cfg: Config, items: Sequence[Item], modes: Sequenc
     return {"prompts": len(items), "n": n, "sample_seconds": round(sample_s, 1), "results": results,
             "answers": [{"id": it.id, "answers": group, "labels": lab}
                         for it, group, lab in zip(items, answers, labels, strict=True)]}
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(results: dict[str, dict[str, Any]]) -> str:
+    """One row per (model, split, source) entry and judge: the figures `measure` returns."""
+    head = ["model", "source", "split", "prompts (differing)", "judge", "pairwise [95% CI]", "pick", "random", "best",
+            "bottom", "gap closed", "top/bottom right:wrong", "SFT precision (base, selected)",
+            "pairs right/equal/wrong", "s/answer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, entry in results.items():
+        model, split, source = key.split("|")
+        for judge, r in entry["results"].items():
+            ci = r.get("pairwise_ci95")
+            pw = _f(r["pairwise"]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+            sft = f"{_f(r['sft_precision'])} ({_f(r['base_rate'])}, {r['sft_selected']})"
+            pairs = "/".join(str(r["preference_pairs"][k]) for k in ("right", "equal", "wrong"))
+            lines.append("| " + " | ".join([
+                model, source, split, f"{r['prompts']} ({r['prompts_with_differing_labels']})", judge, pw,
+                _f(r["pick"]), _f(r["random"]), _f(r["best"]), _f(r["bottom"]), _f(r["gap_closed"]),
+                f"{r['top_bottom']['right']}:{r['top_bottom']['wrong']}", sft, pairs,
+                _f(r["seconds_per_item"], 3)]) + " |")
+    return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..rundir import RunDir
 from .pairs import load_pairs, select
 from .reliability import agreement, judge_reliability, markdown
@@ -73,3 +73,48 @@ def run_judge(cfg: Config, source: str, modes: list[str], split: str | None, lim
     doc["markdown"] = md
     doc["out"] = str(out)
     return doc
+
+
+def run_own_judge(cfg: Config, source: str, modes: list[str], sources: list[str], split: str | None,
+                  limit: int | None, n: int, out: Path | None = None) -> dict[str, Any]:
+    """`lance judge --own`: the own-sample benchmark (judge/own.py) of `source` (a model, or a run
+    dir's latest model) with the config's generation settings, thresholds and scale, every mode in
+    `modes` and the no-model rules; writes OUT/judge_own.json and .md. Samples and scores go
+    through a durable cache (<lance cache>/judge_own/cache.sqlite): re-runs and new modes re-sample
+    nothing."""
+    from .. import models
+    from ..backends import backend_fingerprint, make_backend
+    from ..backends.cache import CachedBackend
+    from ..prompts import load
+    from ..seeds import load_seed
+    from .own import SOURCES, load_items, markdown, run_own
+
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or not sources:
+        raise ConfigError(f"--sources: unknown {unknown}; known: {', '.join(SOURCES)}")
+    src, run_dir = model_of(source)
+    out = out or run_dir or Path("judge_results")
+    resolved = models.resolve(src, cfg.model.cache_dir)
+    fp = backend_fingerprint(cfg, resolved.path)
+    backend = CachedBackend(lambda: make_backend(cfg, resolved.path, fp), fp,
+                            models.cache_root(cfg.model.cache_dir) / "judge_own" / "cache.sqlite",
+                            chunk_size=cfg.backend.batch_size * 4)
+    settings = {"sampling": dataclasses.asdict(cfg.generate.response_sampling), "scale": cfg.review.scale,
+                "sft_threshold": cfg.annotate.sft_threshold, "pair_margin": cfg.annotate.pair_margin}
+    doc: dict[str, Any] = {}
+    try:
+        for name in sources:
+            items = load_items(name, split, limit, cfg.seed)
+            if not items:
+                raise ValueError(f"no {name} prompts in split {split!r}")
+            backend.label = f"{src} {name}"
+            res = run_own(backend, cfg, items, modes, n, load("system"), load_seed(cfg.data, cfg.seed), cfg.seed,
+                          progress=lambda s, name=name: log.info("judge --own %s %s: %s", src, name, s))
+            doc[f"{src}|{split or 'all'}|{name}"] = {**res, "model": src, "fingerprint": fp, "settings": settings}
+    finally:
+        backend.close()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "judge_own.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    md = markdown(doc)
+    (out / "judge_own.md").write_text(md, encoding="utf-8")
+    return {"results": doc, "markdown": md, "out": str(out)}
