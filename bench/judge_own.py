@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import tempfile
@@ -55,15 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--table", action="store_true", help="only rewrite the Markdown table")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not args.table:
         t0 = time.time()
         got = measure(args.model, args.sources.split(","), args.split, args.limit, args.modes.split(","), args.n,
                       args.overrides)
         for source, res in got.items():
-            stored[f"{args.model}|{args.split}|{source}"] = {
-                **res, "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
-                "command": "python bench/judge_own.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+            key = f"{args.model}|{args.split}|{source}"
+            old = stored.get(key, {})
+            same = old.get("answers") == res["answers"]  # same samples: judges measured apart add up
+            stored[key] = {**res, "results": {**(old.get("results", {}) if same else {}), **res["results"]},
+                           "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
+                           "commands": [*(old.get("commands", []) if same else []), "python bench/judge_own.py "
+                                        + " ".join(argv if argv is not None else sys.argv[1:])]}
         print(f"done in {time.time() - t0:.0f}s", file=sys.stderr)
         RESULTS.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
     TABLE.write_text(markdown(stored))

@@ -26,12 +26,13 @@ def test_run_checks_keeps_what_runs_and_passes_its_own_asserts() -> None:
         DEF + "    print('noise')\n    return len(response) > 3\n",  # printing is harmless
         "import subprocess\n" + DEF + "    return True\n",  # import refused at definition
         DEF + "    return open('/etc/passwd').read() != ''\n",  # no file access
+        DEF + "    return True\ndef test_check():\n    assert check('a')\n    assert not check('b')\n",  # run too
     ]
     cases = [(0, "no commas here"), (0, "one, two"), (1, "x"), (2, "x"), (3, "x"), (4, "long enough"), (4, "no"),
              (5, "x"), (6, "x")]
     t0 = time.time()
     valid, results = run_checks(codes, cases)
-    assert valid == [True, False, True, True, True, False, True]
+    assert valid == [True, False, True, True, True, False, True, False]
     assert results == [True, False, None, None, None, True, False, None, None]
     assert time.time() - t0 < 30  # the endless check cost about a second
 

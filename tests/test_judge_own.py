@@ -20,6 +20,7 @@ from lance_llm.judge.own import (
     prompt_stats,
     rule_scores,
     run_own,
+    sibling_scores,
     split_of,
 )
 
@@ -68,9 +69,12 @@ def test_loop_decisions_use_the_loops_thresholds_and_scale() -> None:
 def test_rules_and_labels() -> None:
     answers = [["a b c", "a", "a b"]]
     assert rule_scores("longer", answers) == [[3.0, 1.0, 2.0]] and rule_scores("shorter", answers) == [[-3, -1, -2]]
-    assert rule_scores("random", answers, seed=1) == rule_scores("random", answers, seed=1)
+    assert rule_scores("random", answers) == [[0.0, 0.0, 0.0]]  # its expectation: every answer tied
     assert last_number("so 3 + 4 = 7.\nThe answer is 1,250.") == "1250" and last_number("none") is None
     assert last_number("18.0 dollars") == "18"
+    assert sibling_scores("agreement", [["so 4", "it is 4", "5", "no number"]]) == [[1.0, 1.0, 0.0, 0.0]]
+    consensus = sibling_scores("consensus", [["the cat sat", "the cat sat", "dogs bark"]])[0]
+    assert consensus[0] == consensus[1] == pytest.approx(0.5) and consensus[2] == 0.0
     gsm = Item("gsm8k-1", "gsm8k", "q", "18")
     assert label(gsm, "She makes $18 a day.") == 1.0 and label(gsm, "18 eggs, so 36") == 0.0
     doc = {"key": 1, "prompt": "Say hi without commas.", "instruction_id_list": ["punctuation:no_comma"],
@@ -127,6 +131,6 @@ def test_lance_judge_own_end_to_end_with_a_scripted_model(tmp_path, fake_base, m
     doc = json.loads((tmp_path / "out" / "judge_own.json").read_text())
     entry = next(iter(doc.values()))
     assert entry["prompts"] == 3 and len(entry["answers"]) == 3 and set(entry["results"]) == {
-        "likelihood", "rule:shorter", "rule:longer", "rule:random"}
+        "likelihood", "rule:shorter", "rule:longer", "rule:random", "siblings:agreement", "siblings:consensus"}
     assert main(["judge", str(fake_base), "--own", "--sources", "nope"]) == 2
     assert "--sources: unknown ['nope']" in capsys.readouterr().err

@@ -82,3 +82,23 @@ def test_default_mode_ranks_gold_first_the_same_alone_or_batched(backend) -> Non
     batched = res["scores"][pairs[0].id]
     assert all(0 <= x <= 10 for sc in res["scores"].values() for x in sc)
     assert all(math.isclose(a, b, abs_tol=0.02) for a, b in zip(alone["scores"][pairs[0].id], batched, strict=True))
+
+
+def test_self_certainty_is_kl_from_uniform_computed_directly(backend) -> None:
+    """ScoreRequest(certainty=True): the mean over the response's positions of
+    logsumexp(logits) - mean(logits) - log V, as a plain forward pass over the whole text gives it."""
+    import torch
+
+    req = ScoreRequest((("system", "Be brief."), ("user", "Name a colour.")), "", ("Blue is a colour.",),
+                       certainty=True)
+    (got,), = backend.score([req])
+    (full, start), = score_targets(req, backend.render(req.messages), backend._ids, "")
+    with torch.inference_mode():
+        logits = backend.model(input_ids=torch.tensor([full])).logits[0].float()
+    kl = torch.logsumexp(logits, -1) - logits.mean(-1) - math.log(logits.shape[-1])
+    want = float(kl[start - 1 : len(full) - 1].mean())
+    assert math.isfinite(got) and got > 0 and abs(got - want) < 1e-3
+    # the log-probability of the same text is another number, and both come from one request batch
+    plain = ScoreRequest(req.messages, "", req.continuations, per_token=True)
+    both = backend.score([req, plain])
+    assert abs(both[0][0] - got) < 1e-3 and both[1][0] < 0

@@ -143,7 +143,7 @@ class SamplingConfig:
     max_new_tokens: int = 512
 
 
-ReviewMode = Literal["sampled", "expected", "criteria", "combined", "likelihood", "checks"]
+ReviewMode = Literal["sampled", "expected", "criteria", "combined", "likelihood", "checks", "certainty"]
 REVIEW_MODES: tuple[str, ...] = get_args(ReviewMode)
 
 

@@ -63,6 +63,9 @@ for code in job["codes"]:
     ns = {"__builtins__": SAFE}
     try:
         guarded(exec, compile(code, "<check>", "exec"), ns)
+        for name, fn in list(ns.items()):  # asserts written inside test functions run too
+            if name.startswith("test") and callable(fn):
+                guarded(fn)
         ok = callable(ns.get("check"))
     except BaseException:
         ok = False
@@ -99,7 +102,8 @@ def check_code(prefix: str, reply: str) -> str | None:
 
 def run_checks(codes: Sequence[str], cases: Sequence[tuple[int, str]]) -> tuple[list[bool], list[bool | None]]:
     """(valid per code, result per case); see the module docstring. A code counts as valid when it
-    runs (its asserts included) and defines a callable `check`."""
+    runs, its asserts included (those inside `test*` functions too, which are called), and defines
+    a callable `check`."""
     if not codes:
         return [], [None] * len(cases)
     job = json.dumps({"codes": list(codes), "cases": [[i, t] for i, t in cases]})

@@ -56,6 +56,9 @@ class ScoreRequest:
     `end_of_turn`: each continuation is followed by the chat template's end-of-turn marker
     (`<|im_end|>` for ChatML), whose log-probability counts too; with an empty continuation that
     is log P(the reply ends here). `per_token`: the mean log-probability per token, not the sum.
+    `certainty`: instead of log-probabilities, the continuation's self-certainty (arXiv
+    2502.18581): the mean over its tokens' positions of KL(uniform || the model's next-token
+    distribution), in nats; higher = more confident. Needs the whole distribution: in-process only.
     """
 
     messages: tuple[Message, ...]
@@ -63,6 +66,7 @@ class ScoreRequest:
     continuations: tuple[str, ...]
     end_of_turn: bool = False
     per_token: bool = False
+    certainty: bool = False
 
     def key(self) -> dict:
         key = {
@@ -72,7 +76,7 @@ class ScoreRequest:
             "continuations": list(self.continuations),
         }
         # only when set, so the cache keys of plain requests stay what they were
-        key.update({k: True for k in ("end_of_turn", "per_token") if getattr(self, k)})
+        key.update({k: True for k in ("end_of_turn", "per_token", "certainty") if getattr(self, k)})
         return key
 
 

@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -221,12 +222,13 @@ class HFBackend(ChatTemplate, Backend):
                 need = tuple(full[:-1])
                 row = next(i for i, k in enumerate(kept) if k[: len(need)] == need)
                 for p in range(start, len(full)):
-                    needs[row].setdefault(p - 1, set()).add(full[p])
+                    needs[row].setdefault(p - 1, set()).add(CERTAINTY if req.certainty else full[p])
                 rows.append((row, full, start))
             plan.append(rows)
         logps = self._logprobs_at([list(k) for k in kept], needs)
         return [
-            [reduce_logprobs([logps[row][p - 1][full[p]] for p in range(start, len(full))], req.per_token)
+            [reduce_logprobs([logps[row][p - 1][CERTAINTY if req.certainty else full[p]]
+                              for p in range(start, len(full))], req.per_token or req.certainty)
              for row, full, start in rows]
             for req, rows in zip(requests, plan, strict=True)
         ]
@@ -292,11 +294,14 @@ class HFBackend(ChatTemplate, Backend):
             logits = self.model(input_ids=ids, attention_mask=smask, position_ids=pos, logits_to_keep=keep,
                                 **kwargs).logits
             norm = torch.logsumexp(logits.float(), dim=-1)  # (batch, keep)
+            log_v = math.log(logits.shape[-1])
             for b, i in enumerate(batch):
                 n = len(seqs[i])
                 for p, toks in needs[i].items():
                     at = keep - (n - p)
-                    out[i][p] = {t: float(logits[b, at, t].float() - norm[b, at]) for t in toks}
+                    # a token's log-probability, or (CERTAINTY) KL(uniform || p) = lse - mean logit - log V
+                    out[i][p] = {t: float(logits[b, at, t].float() - norm[b, at]) if t != CERTAINTY
+                                 else float(norm[b, at] - logits[b, at].float().mean() - log_v) for t in toks}
 
     def close(self) -> None:
         del self.model
@@ -306,6 +311,7 @@ class HFBackend(ChatTemplate, Backend):
 
 # a shared prefix shorter than this is not worth a separate forward pass and cache copies
 SHARED_MIN = 32
+CERTAINTY = -1  # in a position's needed "tokens": its self-certainty instead of a log-probability
 
 
 def _prefix_plan(seqs: list[list[int]], earliest: list[int], min_len: int) -> tuple[int, list[tuple[int, list[int]]]]:

@@ -193,6 +193,8 @@ class OpenAIBackend(ChatTemplate, Backend):
         return self._tok
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        if any(r.certainty for r in requests):
+            raise ScoringUnsupportedError("self-certainty needs the whole next-token distribution: use backend.kind=hf")
         # The server scores text. Whole responses (the likelihood judge: per-token means, the
         # end-of-turn marker) go through echo under `auto`: the top-k walk would cost a call per
         # token and lose any token outside the top k. The end-of-turn marker is sent as text, which

@@ -209,6 +209,8 @@ class VLLMBackend(ChatTemplate, Backend):
         return result
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        if any(r.certainty for r in requests):
+            raise NotImplementedError("self-certainty needs the whole next-token distribution: use backend.kind=hf")
         jobs: list[Job] = []
         starts: list[int] = []
         per_token: list[bool] = []

@@ -5,7 +5,8 @@
     verdict = ifeval.score(docs[0], "some response")   # {"prompt_strict": bool, "inst_strict": [...], ...}
 
 The checker is the one that ships in lm-eval (`lm_eval.tasks.ifeval`), used as is. Two offline
-fixes, both applied in `checker()` before it is used:
+fixes, both applied in `checker()` before it is used (and langdetect, which the language check
+uses, is seeded: unseeded it can give another verdict on the same text in another run):
 - its module calls `nltk.download("punkt_tab")` at import, which fails offline: the download is
   replaced by a no-op during that import;
 - the two places that need trained Punkt data (sentence counting, `word_tokenize` in the capital
@@ -90,6 +91,9 @@ def checker() -> tuple[Callable[[dict, list[str]], dict[str, Any]], dict[str, An
 
     instructions_util._get_sentence_tokenizer = lambda: punkt
     instructions_util.nltk = _NltkProxy(nltk, word_tokenize)
+    import langdetect
+
+    langdetect.DetectorFactory.seed = 0  # the language check samples: the same verdict on every run
     return utils.process_results, instructions_registry.INSTRUCTION_DICT
 
 

@@ -44,7 +44,7 @@ from ..config import Config, ReviewConfig
 from ..records import Sample, stable_int
 
 SOURCES = ("ifeval", "gsm8k")
-RULES = ("shorter", "longer", "random")  # judges that need no model
+RULES = ("shorter", "longer", "random")  # judges that need no model (random: its expectation)
 DEV_SHARE = 0.4
 BOOTSTRAP = 1000
 
@@ -121,17 +121,14 @@ def sample(backend: Backend, items: Sequence[Item], n: int, sampling: Any, syste
 
 
 # -- judges --------------------------------------------------------------------------------------
-def rule_scores(rule: str, answers: Sequence[Sequence[str]], seed: int = 0) -> list[list[float]]:
-    """Scores of a no-model rule: more words (longer), fewer words (shorter), or a seeded coin."""
-    rng = random.Random(f"own-rule:{seed}")
-    out = []
-    for group in answers:
-        if rule == "random":
-            out.append([rng.random() for _ in group])
-        else:
-            sign = 1.0 if rule == "longer" else -1.0
-            out.append([sign * len(a.split()) for a in group])
-    return out
+def rule_scores(rule: str, answers: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Scores of a no-model rule: more words (longer), fewer words (shorter), or a random choice,
+    as its expectation (every answer tied: pairwise 0.5, the pick is the mean label), not one
+    noisy draw."""
+    if rule == "random":
+        return [[0.0] * len(group) for group in answers]
+    sign = 1.0 if rule == "longer" else -1.0
+    return [[sign * len(a.split()) for a in group] for group in answers]
 
 
 def review_scores(backend: Backend, review_cfg: ReviewConfig, items: Sequence[Item],
@@ -144,6 +141,27 @@ def review_scores(backend: Backend, review_cfg: ReviewConfig, items: Sequence[It
     done, _ = review(flat, backend, review_cfg, system, seed)
     scores = iter(s.score for s in done)
     return [[next(scores) for _ in group] for group in answers]
+
+
+#: judges that read the other answers to the same prompt, no model call (candidates, not loop modes)
+SIBLINGS = ("agreement", "consensus")
+
+
+def sibling_scores(kind: str, answers: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Self-consistency: `agreement` = how many other answers end in the same number (for answers
+    with a final value); `consensus` = mean ROUGE-L F1 with the other answers (a soft vote)."""
+    from rouge_score import rouge_scorer
+
+    scorer, out = rouge_scorer.RougeScorer(["rougeL"]), []
+    for group in answers:
+        if kind == "agreement":
+            nums = [last_number(a) for a in group]
+            out.append([float(sum(1 for j, m in enumerate(nums) if j != i and m is not None and m == n))
+                        for i, n in enumerate(nums)])
+        else:
+            out.append([sum(scorer.score(a, b)["rougeL"].fmeasure for j, b in enumerate(group) if j != i)
+                        / max(1, len(group) - 1) for i, a in enumerate(group)])
+    return out
 
 
 # -- metrics -----------------------------------------------------------------------------------------
@@ -275,8 +293,11 @@ def run_own(backend: Backend, cfg: Config, items: Sequence[Item], modes: Sequenc
                          "seconds_per_item": round(seconds / max(1, sum(map(len, answers))), 4), "scores": scores}
         progress(f"{mode}: pairwise {results[mode]['pairwise']}, pick {results[mode]['pick']}")
     for rule in RULES:
-        results[f"rule:{rule}"] = {**measure(labels, rule_scores(rule, answers, seed), cfg, None, seed),
+        results[f"rule:{rule}"] = {**measure(labels, rule_scores(rule, answers), cfg, None, seed),
                                    "seconds_per_item": 0.0}
+    for kind in SIBLINGS:
+        results[f"siblings:{kind}"] = {**measure(labels, sibling_scores(kind, answers), cfg, None, seed),
+                                       "seconds_per_item": 0.0}
     return {"prompts": len(items), "n": n, "sample_seconds": round(sample_s, 1), "results": results,
             "answers": [{"id": it.id, "answers": group, "labels": lab}
                         for it, group, lab in zip(items, answers, labels, strict=True)]}

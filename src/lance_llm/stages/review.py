@@ -170,6 +170,8 @@ def review(
         reviews = _likelihood(samples, backend, cfg.likelihood, system)
     elif cfg.mode == "checks":
         reviews = _checks(samples, backend, cfg, system, seed)
+    elif cfg.mode == "certainty":
+        reviews = _certainty(samples, backend, system)
     elif cfg.mode == "combined":
         reviews = []
         for e, c in zip(_expected(samples, backend, system), _criteria(samples, backend, system), strict=True):
@@ -278,6 +280,28 @@ def _likelihood(samples: Sequence[Sample], backend: Backend, cfg: LikelihoodConf
     return reviews
 
 
+CERTAINTY_CENTER = 12.0  # nats; only shifts the 0-10 squashing (ranks never change with it)
+
+
+def _certainty(samples: Sequence[Sample], backend: Backend, system: str) -> list[Review]:
+    """Self-certainty (arXiv 2502.18581): how far from uniform the model's next-token distribution
+    is, on average, over the response's tokens, read under the generator's system prompt and the
+    instruction; score = 10 x sigmoid(certainty - CERTAINTY_CENTER). Review.samples: (certainty,)."""
+    scorable = [k for k, s in enumerate(samples) if s.response.strip()]
+    out = backend.score([ScoreRequest((("system", system), ("user", samples[k].instruction)), "",
+                                      (samples[k].response,), certainty=True) for k in scorable])
+    raw = {k: lp[0] for k, lp in zip(scorable, out, strict=True)}
+    reviews = []
+    for k in range(len(samples)):
+        c = raw.get(k, math.nan)
+        if math.isfinite(c):
+            score = 10 / (1 + math.exp(-(c - CERTAINTY_CENTER))) if c - CERTAINTY_CENTER > -700 else 0.0
+            reviews.append(Review(mode="certainty", score=round(score, 4), samples=[round(c, 4)]))
+        else:
+            reviews.append(Review(mode="certainty", score=None, samples=[None], parse_failures=1))
+    return reviews
+
+
 CHECK_PREFIX = "```python\ndef check(response: str) -> bool:\n"
 
 
@@ -296,8 +320,10 @@ def _checks(samples: Sequence[Sample], backend: Backend, cfg: ReviewConfig, syst
     instructions = list(dict.fromkeys(s.instruction for s in samples))
     sp = cc.sampling
     reqs = [GenerateRequest((("user", render(load("check_writer"), instruction=ins)),),
+                            # seeded by the instruction alone: a seed answer (step 1) and the answers
+                            # degraded from it (step 5) meet the same checks, from the cache
                             Sampling(sp.temperature, sp.top_p, sp.max_new_tokens, cc.samples,
-                                     stable_int(seed, "checks", ins)), prefix=CHECK_PREFIX)
+                                     stable_int("checks", ins)), prefix=CHECK_PREFIX)
             for ins in instructions]
     codes = {ins: [c for c in (sandbox.check_code(CHECK_PREFIX, r) for r in replies) if c]
              for ins, replies in zip(instructions, backend.generate(reqs), strict=True)}
@@ -329,6 +355,7 @@ MODE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "criteria": ("system", "criteria", "criterion_question", "criterion_response"),
     "combined": ("system", "review", "criteria", "criterion_question", "criterion_response"),
     "likelihood": ("system", "neutral_instruction"),
+    "certainty": ("system",),
 }
 
 
@@ -340,7 +367,7 @@ def review_keys(cfg: Config) -> tuple[str, ...]:
     if cfg.review.mode == "likelihood":
         keys += ("review.likelihood",)
     if cfg.review.mode == "checks":
-        keys += ("review.checks", "seed", "review.likelihood" if cfg.review.checks.fallback == "likelihood" else "")
+        keys += ("review.checks", "review.likelihood" if cfg.review.checks.fallback == "likelihood" else "")
     return tuple(k for k in keys if k)
 
 
