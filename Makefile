@@ -50,17 +50,19 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
 # Judge benchmarks. On the model's own answers (issue 13): IFEval and GSM8K prompts, 4 answers each,
-# labelled by their checkers, every judge and the no-model rules, test split (~3 h on 2 cores; the
-# dev split chose the defaults); writes bench/judge_own.json and .md. On corrupted gold answers
+# labelled by their checkers, every judge beside the no-model rules, test split (~2 h on 2 cores;
+# the dev split chose the defaults); writes bench/judge_own.json and .md. On corrupted gold answers
 # (issue 7, a sanity check): every review mode, held-out pairs (~40 min); bench/judge_results.json
 # and .md. The 0.5B model is opt-in (lance models pull).
-OWN = --split test --limit 100 --set generate.response_sampling.max_new_tokens=256
+OWN = --split test --set generate.response_sampling.max_new_tokens=256
 bench-judge: setup
-	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_own.py --model smollm2-135m $(OWN) \
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_own.py --model smollm2-135m $(OWN) --limit 100 \
 	  --modes likelihood,expected,criteria,certainty,checks
 	$(BIN)/lance models pull qwen2.5-coder-0.5b
-	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_own.py --model qwen2.5-coder-0.5b $(OWN) \
-	  --modes likelihood,expected,certainty,checks
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_own.py --model qwen2.5-coder-0.5b $(OWN) --limit 60 \
+	  --sources ifeval --modes likelihood,expected,certainty,checks
+	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_own.py --model qwen2.5-coder-0.5b $(OWN) --limit 60 \
+	  --sources gsm8k --modes likelihood,expected,certainty
 	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model smollm2-135m --limit 200 --sampled-limit 10
 	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model smollm2-135m --modes likelihood,expected --tag all
 	flock /tmp/lance-cpu.lock $(BIN)/python bench/judge_reliability.py --model qwen2.5-coder-0.5b --limit 150 --sampled-limit 8

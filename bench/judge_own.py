@@ -66,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{args.model}|{args.split}|{source}"
             old = stored.get(key, {})
             same = old.get("answers") == res["answers"]  # same samples: judges measured apart add up
-            stored[key] = {**res, "results": {**(old.get("results", {}) if same else {}), **res["results"]},
+            results = {**(old.get("results", {}) if same else {}), **res["results"]}
+            for mode, r in res["results"].items():  # a cost read from the cache: keep the measured one
+                if r["seconds_per_item"] is None and same and mode in old.get("results", {}):
+                    r["seconds_per_item"] = old["results"][mode]["seconds_per_item"]
+            if res["sample_seconds"] is None and same:
+                res["sample_seconds"] = old.get("sample_seconds")
+            stored[key] = {**res, "results": results,
                            "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
                            "commands": [*(old.get("commands", []) if same else []), "python bench/judge_own.py "
                                         + " ".join(argv if argv is not None else sys.argv[1:])]}

@@ -132,5 +132,12 @@ def test_lance_judge_own_end_to_end_with_a_scripted_model(tmp_path, fake_base, m
     entry = next(iter(doc.values()))
     assert entry["prompts"] == 3 and len(entry["answers"]) == 3 and set(entry["results"]) == {
         "likelihood", "rule:shorter", "rule:longer", "rule:random", "siblings:agreement", "siblings:consensus"}
+    assert entry["sample_seconds"] is not None and entry["results"]["likelihood"]["seconds_per_item"] is not None
+    # again, all from the cache: no cost was measured, and none is made up
+    assert main(["judge", str(fake_base), "--own", "--sources", "ifeval", "--split", "dev", "--limit", "3",
+                 "--n", "2", "--mode", "likelihood", "--out", str(tmp_path / "again")]) == 0
+    again = next(iter(json.loads((tmp_path / "again" / "judge_own.json").read_text()).values()))
+    assert again["answers"] == entry["answers"] and again["sample_seconds"] is None
+    assert again["results"]["likelihood"]["seconds_per_item"] is None
     assert main(["judge", str(fake_base), "--own", "--sources", "nope"]) == 2
     assert "--sources: unknown ['nope']" in capsys.readouterr().err

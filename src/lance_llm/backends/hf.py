@@ -216,7 +216,7 @@ class HFBackend(ChatTemplate, Backend):
         # which kept row serves each continuation, and the tokens each row must give at each position
         needs: list[dict[int, set[int]]] = [{} for _ in kept]
         plan: list[list[tuple[int, list[int], int]]] = []
-        for conts in targets:
+        for req, conts in zip(requests, targets, strict=True):
             rows = []
             for full, start in conts:
                 need = tuple(full[:-1])

@@ -271,16 +271,26 @@ def run_own(backend: Backend, cfg: Config, items: Sequence[Item], modes: Sequenc
     """Sample, label, and measure every mode and every no-model rule on `items`."""
     import dataclasses
 
-    t0 = time.perf_counter()
+    def timed(started: float, misses: int | None) -> float | None:
+        """Seconds since `started`, or None when every call came from a cache (no cost measured)."""
+        stats = getattr(backend, "stats", None)
+        return None if stats is not None and stats["misses"] == misses else time.perf_counter() - started
+
+    def misses() -> int | None:
+        stats = getattr(backend, "stats", None)
+        return None if stats is None else stats["misses"]
+
+    t0, m0 = time.perf_counter(), misses()
     answers = sample(backend, items, n, cfg.generate.response_sampling, system, seed)
-    sample_s = time.perf_counter() - t0
+    sample_s = timed(t0, m0)
     labels = [[label(it, a) for a in group] for it, group in zip(items, answers, strict=True)]
-    progress(f"sampled {n} answers for {len(items)} prompts in {sample_s:.0f}s; "
+    progress(f"sampled {n} answers for {len(items)} prompts in "
+             f"{'(cached)' if sample_s is None else f'{sample_s:.0f}s'}; "
              f"mean label {sum(map(sum, labels)) / max(1, sum(map(len, labels))):.3f}")
     results: dict[str, Any] = {}
     for mode in modes:
         rcfg = dataclasses.replace(cfg.review, mode=mode)
-        t0 = time.perf_counter()
+        t0, m0 = time.perf_counter(), misses()
         scores = review_scores(backend, rcfg, items, answers, system, seed)
         reference = None
         if rcfg.scale == "rank" and reference_seed:  # as the loop ranks: against the seed's own scores
@@ -288,9 +298,10 @@ def run_own(backend: Backend, cfg: Config, items: Sequence[Item], modes: Sequenc
             seed_scores = review_scores(backend, rcfg, seed_items, [[x.response] for x in reference_seed], system,
                                         seed)
             reference = [g[0] for g in seed_scores if _valid(g[0])]
-        seconds = time.perf_counter() - t0
-        results[mode] = {**measure(labels, scores, cfg, reference, seed),
-                         "seconds_per_item": round(seconds / max(1, sum(map(len, answers))), 4), "scores": scores}
+        seconds = timed(t0, m0)
+        per_item = None if seconds is None else round(seconds / max(1, sum(map(len, answers))), 4)
+        results[mode] = {**measure(labels, scores, cfg, reference, seed), "seconds_per_item": per_item,
+                         "scores": scores}
         progress(f"{mode}: pairwise {results[mode]['pairwise']}, pick {results[mode]['pick']}")
     for rule in RULES:
         results[f"rule:{rule}"] = {**measure(labels, rule_scores(rule, answers), cfg, None, seed),
@@ -298,7 +309,8 @@ def run_own(backend: Backend, cfg: Config, items: Sequence[Item], modes: Sequenc
     for kind in SIBLINGS:
         results[f"siblings:{kind}"] = {**measure(labels, sibling_scores(kind, answers), cfg, None, seed),
                                        "seconds_per_item": 0.0}
-    return {"prompts": len(items), "n": n, "sample_seconds": round(sample_s, 1), "results": results,
+    return {"prompts": len(items), "n": n, "sample_seconds": None if sample_s is None else round(sample_s, 1),
+            "results": results,
             "answers": [{"id": it.id, "answers": group, "labels": lab}
                         for it, group, lab in zip(items, answers, labels, strict=True)]}
 
