@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="review mode to measure (repeatable; default: the config's review.mode)")
     p_judge.add_argument("--split", choices=["dev", "test", "all"], default="test",
                          help="dev chooses defaults, test is for reported figures (default test)")
-    p_judge.add_argument("--limit", type=int, help="the first N pairs of the split (seeded order)")
+    p_judge.add_argument("--limit", type=int,
+                         help="the first N pairs (with --own: prompts) of the split (seeded order)")
     p_judge.add_argument("--seed-file", help="Self-Instruct seed tasks or seed JSONL (default: "
                          "../shared/data/self_instruct/seed_tasks.jsonl, else the shipped seed)")
     p_judge.add_argument("--out", metavar="DIR", help="output dir (default: the run dir, else ./judge_results)")
