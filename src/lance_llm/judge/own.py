@@ -271,14 +271,13 @@ def run_own(backend: Backend, cfg: Config, items: Sequence[Item], modes: Sequenc
     """Sample, label, and measure every mode and every no-model rule on `items`."""
     import dataclasses
 
-    def timed(started: float, misses: int | None) -> float | None:
-        """Seconds since `started`, or None when every call came from a cache (no cost measured)."""
-        stats = getattr(backend, "stats", None)
-        return None if stats is not None and stats["misses"] == misses else time.perf_counter() - started
-
-    def misses() -> int | None:
+    def misses() -> int | None:  # model calls a cache could not answer (None: no cache)
         stats = getattr(backend, "stats", None)
         return None if stats is None else stats["misses"]
+
+    def timed(started: float, before: int | None) -> float | None:
+        """Seconds since `started`, or None when every call came from the cache (no cost measured)."""
+        return None if before is not None and misses() == before else time.perf_counter() - started
 
     t0, m0 = time.perf_counter(), misses()
     answers = sample(backend, items, n, cfg.generate.response_sampling, system, seed)
