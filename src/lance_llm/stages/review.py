@@ -259,7 +259,12 @@ def likelihood_score(parts: Sequence[float], cfg: LikelihoodConfig) -> float:
     """0-10 from (fluency, relevance, log P(end)), monotone in their weighted sum."""
     fluency, relevance, end = parts
     raw = cfg.fluency * fluency + cfg.relevance * relevance + cfg.completeness * min(0.0, end + cfg.end_floor)
-    return 10 / (1 + math.exp(-(raw + cfg.center))) if raw + cfg.center > -700 else 0.0
+    return squash(raw + cfg.center)
+
+
+def squash(x: float) -> float:
+    """10 x sigmoid(x): 0-10, monotone in x (exp would overflow below -700; the score is 0 there)."""
+    return 10 / (1 + math.exp(-x)) if x > -700 else 0.0
 
 
 def _likelihood(samples: Sequence[Sample], backend: Backend, cfg: LikelihoodConfig, system: str) -> list[Review]:
@@ -295,8 +300,8 @@ def _certainty(samples: Sequence[Sample], backend: Backend, system: str) -> list
     for k in range(len(samples)):
         c = raw.get(k, math.nan)
         if math.isfinite(c):
-            score = 10 / (1 + math.exp(-(c - CERTAINTY_CENTER))) if c - CERTAINTY_CENTER > -700 else 0.0
-            reviews.append(Review(mode="certainty", score=round(score, 4), samples=[round(c, 4)]))
+            reviews.append(Review(mode="certainty", score=round(squash(c - CERTAINTY_CENTER), 4),
+                                  samples=[round(c, 4)]))
         else:
             reviews.append(Review(mode="certainty", score=None, samples=[None], parse_failures=1))
     return reviews
