@@ -27,8 +27,11 @@ setup: $(STAMP)
 # built wheel in its cache, so only the first install on a machine pays the ~4 minute compile.
 SERVE_STAMP = $(VENV)/.serve-installed
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
+# The same llama.cpp source (the package's sdist, 77 MB) is kept in the lance cache for its
+# checkpoint-to-GGUF converter (`{gguf}` in backend.openai.serve_command; lance_llm/llamacpp.py).
 $(SERVE_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[serve]"
+	$(BIN)/python -c "from lance_llm import llamacpp; llamacpp.source_dir()"
 	touch $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP)
@@ -81,7 +84,10 @@ experiment: setup
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
 
-# Speed benchmarks (issue 4): ratios measured in one run; writes bench/results.json and the table
-# in BENCHMARKS.md. Sizes: `make bench BENCH_ARGS="--only gen --gen-max-new 64"` (see --help).
-bench: setup
-	PYTHONPATH=src:. $(BIN)/python -m bench.run_all $(BENCH_ARGS)
+# Speed benchmarks (issues 4 and 14): ratios measured in one run; writes bench/results.json and the
+# table in BENCHMARKS.md. Sizes: `make bench BENCH_ARGS="--only gen --gen-max-new 64"` (see --help).
+# The generation baseline is llama.cpp's own llama-server, built from the pinned source once (~7 min).
+bench: setup serve
+	$(BIN)/lance models pull qwen2.5-coder-0.5b
+	$(BIN)/python -m lance_llm.llamacpp server >/dev/null
+	PYTHONPATH=src:. flock /tmp/lance-cpu.lock $(BIN)/python -m bench.run_all $(BENCH_ARGS)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED_TASKS = ROOT.parent.parent / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"
+SEED_TASKS = ROOT.parent / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"
 
 
 def machine() -> dict:

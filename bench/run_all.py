@@ -33,15 +33,14 @@ def _fmt(v) -> str:
 
 def table(results: dict) -> str:
     lines = ["| metric | ours | baseline (same run) | ratio | goal | met | command |", "|---|---|---|---|---|---|---|"]
+    benchmarks = results.get("benchmarks", {})
     for name in MODULES:
-        entry = results.get("benchmarks", {}).get(name)
-        if not entry:
-            continue
-        for r in entry["rows"]:
-            unit = r.get("unit", "")
-            base = f"{_fmt(r['baseline'])} {unit} ({r['baseline_name']})" if r["baseline"] is not None else "-"
-            lines.append(f"| {r['metric']} | {_fmt(r['ours'])} {unit} | {base} | {_fmt(r['ratio'])} | {r['goal']} | "
-                         f"{'yes' if r['met'] else 'no'} | `{r['command']}` |")
+        for key in sorted(k for k in benchmarks if k == name or k.startswith(name + ":")):
+            for r in benchmarks[key]["rows"]:
+                unit = r.get("unit", "")
+                base = f"{_fmt(r['baseline'])} {unit} ({r['baseline_name']})" if r["baseline"] is not None else "-"
+                lines.append(f"| {r['metric']} | {_fmt(r['ours'])} {unit} | {base} | {_fmt(r['ratio'])} | "
+                             f"{r['goal']} | {'yes' if r['met'] else 'no'} | `{r['command']}` |")
     return "\n".join(lines)
 
 
@@ -52,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         group = argparse.ArgumentParser(add_help=False)
         mod.add_args(group)
         for action in group._actions:
-            ap.add_argument(f"--{name}-{action.option_strings[0].lstrip('-')}", dest=f"{name}__{action.dest}",
-                            default=action.default, type=action.type, action="append" if action.default == [] else None,
-                            help=action.help)
+            flag, dest = f"--{name}-{action.option_strings[0].lstrip('-')}", f"{name}__{action.dest}"
+            if isinstance(action, argparse._StoreTrueAction):
+                ap.add_argument(flag, dest=dest, action="store_true", help=action.help)
+                continue
+            ap.add_argument(flag, dest=dest, default=action.default, type=action.type,
+                            action="append" if action.default == [] else None, help=action.help)
     args = ap.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"benchmarks": {}}
     failed = 0
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed += 1
             continue
-        results["benchmarks"][name] = {"rows": rows, "seconds": round(time.time() - t0, 1), "machine": machine(),
+        # a module may keep several sizes apart (bench.iteration: the 32-seed and the 175-seed row)
+        key = mod.key(sub) if hasattr(mod, "key") else name
+        results["benchmarks"][key] = {"rows": rows, "seconds": round(time.time() - t0, 1), "machine": machine(),
                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
         for r in rows:

@@ -31,8 +31,10 @@ TOPICS = ["photosynthesis", "the water cycle", "binary search", "the French revo
           "volcanoes", "how vaccines work", "recursion", "the moon's phases", "supply and demand"]
 
 
-def random_checkpoint(out: Path) -> Path:
-    """SmolLM2-135M-shaped Llama with random weights and a byte-level BPE tokenizer (no merges)."""
+def random_checkpoint(out: Path, device: str = "cpu", **shape) -> Path:
+    """A Llama with random weights (SmolLM2-135M's shape unless `shape` overrides config fields,
+    built on `device`, saved in bf16 off the CPU) and a byte-level BPE tokenizer (no merges)."""
+    import torch
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -47,10 +49,15 @@ def random_checkpoint(out: Path) -> Path:
                                   additional_special_tokens=["<|im_start|>"])
     tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    fields = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                  num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True) | shape
+    config = LlamaConfig(vocab_size=len(vocab), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **fields)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    if device != "cpu":
+        model = model.to(torch.bfloat16)  # a 7B model: half the bytes to save and to load
+    model.save_pretrained(out, safe_serialization=True)
+    del model
     tok.save_pretrained(out)
     return out
 

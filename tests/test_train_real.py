@@ -66,3 +66,43 @@ def test_sft_leaves_out_examples_whose_prompt_fills_max_length(tmp_path: Path) -
     kept, too_long = _trainable(ds2, tok, 64, "sft2.jsonl")
     assert kept["id"] == ["short"] and too_long == 1
     assert _trainable(ds2, tok, 512, "sft2.jsonl")[0]["id"] == ["short", "review"]
+
+
+def test_lance_trainers_score_the_same_log_probs_and_group_pairs_by_length(tmp_path: Path) -> None:
+    """The DPO trainer lance uses (stages.train.dpo_trainer_class) gives TRL's loss on the same
+    batch while its LM head scores only labelled positions, and its batches hold pairs of about
+    one length."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lance_llm.stages.train import _labelled_positions_only, dpo_args, dpo_trainer_class
+
+    path = models.resolve("smollm2-135m").path
+    tok = AutoTokenizer.from_pretrained(str(path))
+    words = ("the cat sat on a mat and looked at the bright red door for a long time " * 2).split(" ")
+    rows = [{"prompt": [{"role": "user", "content": f"Say something, number {i}."}],
+             "chosen": [{"role": "assistant", "content": " ".join(words[: 2 + 5 * (i % 3)])}],
+             "rejected": [{"role": "assistant", "content": " ".join(words[: 3 + 4 * ((i + 1) % 3)])}]}
+            for i in range(12)]
+    step = StepConfig(max_steps=1, batch_size=3, max_length=128, learning_rate=1e-6)
+    args = dpo_args(TrainConfig(dpo=step), tmp_path / "work", seed=0)
+    load = lambda: AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)  # noqa: E731
+    trainer = dpo_trainer_class()(model=load(), ref_model=load(), args=args, train_dataset=Dataset.from_list(rows),
+                                  processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        every_position = trainer.compute_loss(trainer.model, batch)
+        with _labelled_positions_only():
+            labelled_only = trainer.compute_loss(trainer.model, batch)
+    assert torch.allclose(every_position, labelled_only, atol=1e-4)
+
+    ds = trainer.train_dataset
+    length = [len(p) + max(len(c), len(r)) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"],
+                                                               strict=True)]
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(12))  # every pair once
+    # 12 pairs are one group: each batch of 3 holds neighbours in the sorted lengths
+    ranked = sorted(length)
+    batches = sorted(sorted(length[i] for i in order[k:k + 3]) for k in range(0, 12, 3))
+    assert batches == [ranked[k:k + 3] for k in range(0, 12, 3)]
+    assert len(set(length)) > 3 and order != sorted(order, key=lambda i: length[i])  # batches in a seeded order

@@ -72,6 +72,10 @@ class HFBackendConfig:
     """backend.kind=hf: transformers in this process (see backends/hf.py)."""
 
     threads: int | None = None  # torch threads; None = torch's default
+    # torch.compile the decode step (dynamic shapes). Measured on SmolLM2 at 32 rows: 44 against
+    # 62 ms a step, after 84 s of compiling per process (BENCHMARKS.md): worth it only when a
+    # backend generates for minutes (a large response stage), so off by default
+    compile: bool = False
 
 
 @dataclass

@@ -9,7 +9,7 @@ Every backend module registers itself (`register(BackendSpec(...))`) with
 - `identity(cfg, model_path)` (optional): the weights' identity where it is not the local
   checkpoint's hash (a server we do not start ourselves).
 
-    fp = backend_fingerprint(cfg, model_path)      # e.g. "3f2a9c01d4e5b6a7|hf:dtype=bfloat16,device=cpu"
+    fp = backend_fingerprint(cfg, model_path)      # e.g. "3f2a9c01d4e5b6a7|hf:decode=2,device=cpu,dtype=bfloat16"
     backend = make_backend(cfg, model_path, fp)
 
 Modules are found in this package (no central list): adding a backend is one module that calls

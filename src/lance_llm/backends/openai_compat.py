@@ -81,16 +81,31 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+def serve_argv(command: str, model_path: str | Path) -> list[str]:
+    """`backend.openai.serve_command` as argv: `{model}` is the checkpoint directory, `{gguf}` that
+    checkpoint converted to a bf16 GGUF file (once per checkpoint, cached; lance_llm.llamacpp) and
+    `{llama-server}` llama.cpp's own server binary, built from the pinned source on first use:
+    `{llama-server} -m {gguf} --port 8080 -np 8` serves each iteration's weights with llama.cpp."""
+    if "{gguf}" in command or "{llama-server}" in command:
+        from .. import llamacpp
+
+        if "{gguf}" in command:
+            command = command.replace("{gguf}", shlex.quote(str(llamacpp.gguf(model_path))))
+        if "{llama-server}" in command:
+            command = command.replace("{llama-server}", shlex.quote(str(llamacpp.server_binary())))
+    return shlex.split(command.replace("{model}", shlex.quote(str(model_path))))
+
+
 class ManagedServer:
     """A server process started by `backend.openai.serve_command` and stopped by `stop()`.
 
-    `{model}` in the command is replaced by the checkpoint directory the loop is at, so each
-    iteration serves its freshly trained weights, and the server (and its GPU memory) is gone
-    while the next model trains. The command runs in its own process group; stop() ends the group.
+    The command serves the checkpoint the loop is at (see serve_argv), so each iteration serves its
+    freshly trained weights, and the server (and its GPU memory) is gone while the next model
+    trains. The command runs in its own process group; stop() ends the group.
     """
 
     def __init__(self, command: str, model_path: str | Path, base_url: str, wait_s: float) -> None:
-        argv = shlex.split(command.replace("{model}", shlex.quote(str(model_path))))
+        argv = serve_argv(command, model_path)
         log.info("starting server: %s", " ".join(argv))
         self.proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
                                      preexec_fn=_die_with_parent if sys.platform == "linux" else None)
@@ -342,5 +357,12 @@ def _identity(cfg: Any, path: Path) -> str:
     return f"served:{models.fingerprint(path)}" + (f"#{oc.revision}" if oc.revision else "")
 
 
-register(BackendSpec("openai", build=_build, identity=_identity, numerics=lambda cfg: {
-    "score_method": cfg.backend.openai.score_method, "plain_sampling": cfg.backend.openai.plain_sampling}))
+def _numerics(cfg: Any) -> dict[str, Any]:
+    oc = cfg.backend.openai
+    out: dict[str, Any] = {"score_method": oc.score_method, "plain_sampling": oc.plain_sampling}
+    if oc.serve_command:  # the engine and the format it serves (vLLM, llama.cpp on a bf16 GGUF, ...)
+        out["serve"] = oc.serve_command
+    return out
+
+
+register(BackendSpec("openai", build=_build, identity=_identity, numerics=_numerics))

@@ -16,11 +16,14 @@ adapters are merged before saving, and the DPO reference is the base with adapte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import random
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +111,87 @@ def dpo_args(cfg: TrainConfig, out: Path, seed: int):
 
     step = cfg.dpo
     return DPOConfig(**_common_args(step, cfg, out, seed), beta=step.beta, loss_type=["sigmoid"])
+
+
+@contextlib.contextmanager
+def _labelled_positions_only() -> Iterator[None]:
+    """While TRL trains: its fused LM head scores only the positions that have a label.
+
+    TRL computes per-token log-probabilities with a chunked LM head; on devices without Triton it
+    scores every position (prompt and padding too: fixed tile shapes keep compilers such as
+    Neuron from recompiling) and masks afterwards. Nothing compiles on a CPU, and there the head
+    (a 49k-token vocabulary for SmolLM2) was 55% of a DPO step (profiled); scoring the labelled
+    positions alone gives the same log-probabilities. TRL reads the choice from
+    `trl.trainer.utils._use_triton`; where that name is gone (another TRL) nothing is changed.
+    """
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None or torch.cuda.is_available():
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def sft_trainer_class():
+    """TRL's SFTTrainer, its LM head scoring only labelled positions (_labelled_positions_only)."""
+    from trl import SFTTrainer
+
+    class LanceSFTTrainer(SFTTrainer):
+        def train(self, *args, **kwargs):
+            with _labelled_positions_only():
+                return super().train(*args, **kwargs)
+
+    return LanceSFTTrainer
+
+
+def length_grouped_order(lengths: list[int], batch: int, seed: int, group: int = 50) -> list[int]:
+    """An epoch's order in which each run of `batch` indices has about one length: the indices in a
+    seeded random order, cut into groups of `group` batches, each group sorted by length and cut
+    into batches, then the batches shuffled. A small set (up to `group` batches) is one group."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for g in range(0, len(order), group * batch):
+        part = sorted(order[g : g + group * batch], key=lambda i: lengths[i])
+        batches += [part[k : k + batch] for k in range(0, len(part), batch)]
+    rng.shuffle(batches)
+    return [i for b in batches for i in b]
+
+
+def dpo_trainer_class():
+    """TRL's DPOTrainer with batches of pairs of similar length (length_grouped_order), its LM head
+    scoring only labelled positions (_labelled_positions_only).
+
+    A DPO batch is every chosen and rejected sequence of its pairs, padded to the longest of them
+    (TRL 1.16 has no padding-free DPO): drawn at random, one long pair pads the whole batch. The
+    length of a pair is its prompt plus its longer answer. Every pair is still seen once per
+    epoch, in a seeded order. Measured in bench/train.py.
+    """
+    from trl import DPOTrainer
+
+    class LanceDPOTrainer(DPOTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            if ds is None or "prompt_ids" not in getattr(ds, "column_names", ()):
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(p) + max(len(c), len(r)) for p, c, r in
+                       zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)]
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return length_grouped_order(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        seed)
+
+        def train(self, *args, **kwargs):
+            with _labelled_positions_only():
+                return super().train(*args, **kwargs)
+
+    return LanceDPOTrainer
 
 
 def _peft(cfg: TrainConfig):
@@ -199,14 +283,13 @@ def train_sft(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, s
               trust_remote_code: bool = False) -> TrainResult:
     """Supervised fine-tuning on prompt-completion conversations (loss on completions only)."""
     from transformers import AutoTokenizer
-    from trl import SFTTrainer
 
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     ds, too_long = _trainable(_dataset(data), tok, cfg.sft.max_length, data)
     args = sft_args(cfg, out.parent / f".{out.name}.work", seed)
-    trainer = SFTTrainer(model=_load_model(model_path, trust_remote_code), args=args, train_dataset=ds,
-                         processing_class=tok, peft_config=_peft(cfg))
+    trainer = sft_trainer_class()(model=_load_model(model_path, trust_remote_code), args=args, train_dataset=ds,
+                                  processing_class=tok, peft_config=_peft(cfg))
     trainer.train()
     return _finish(trainer, tok, out, len(ds), t0, too_long)
 
@@ -215,7 +298,6 @@ def train_dpo(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, s
               trust_remote_code: bool = False) -> TrainResult:
     """DPO (sigmoid loss) with `model_path` as both the start and the frozen reference."""
     from transformers import AutoTokenizer
-    from trl import DPOTrainer
 
     t0 = time.time()
     ds = _dataset(data)
@@ -224,8 +306,8 @@ def train_dpo(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, s
     model = _load_model(model_path, trust_remote_code)
     # full fine-tuning: an explicit frozen copy as reference; LoRA: TRL disables the adapters instead
     ref = None if cfg.method == "lora" else _load_model(model_path, trust_remote_code)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
-                         peft_config=_peft(cfg))
+    trainer = dpo_trainer_class()(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
+                                  peft_config=_peft(cfg))
     trainer.train()
     return _finish(trainer, tok, out, len(ds), t0)
 
