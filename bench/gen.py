@@ -49,6 +49,16 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, reps: int = 6) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def matmul_bound(path: Path, gflops: dict[str, float] | None = None) -> tuple[float, int, dict[str, float]]:
+    """(tokens/s the best measured matmul rate allows at 2 x params FLOPs a token, params, GFLOPS by dtype)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gflops = gflops or {str(d).split(".")[-1]: matmul_gflops(d) for d in (torch.float32, torch.bfloat16)}
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
+    params = sum(p.numel() for p in model.parameters())
+    return max(gflops.values()) * 1e9 / (2 * params), params, gflops
+
+
 def workload(prompts: int, seed: int = 0) -> list[str]:
     pairs = seed_pairs()
     random.Random(seed).shuffle(pairs)
@@ -116,13 +126,13 @@ def llama_server(gguf: Path, instructions: list[str], n: int, max_new: int, para
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lance_llm import models
     from lance_llm.llamacpp import gguf
 
     instructions = workload(args.prompts)
-    gflops = {str(d).split(".")[-1]: matmul_gflops(d) for d in (torch.float32, torch.bfloat16)}
+    gflops = None  # measured once, on the first model's turn
     rows = []
     for name in args.models.split(","):
         path = models.resolve(name).path
@@ -141,9 +151,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                          "tokens_per_s": round(count(s_texts) / s_seconds, 1)}
         best = max(server, key=lambda p: server[p]["tokens_per_s"])
         base_tps = server[best]["tokens_per_s"]
-        config = AutoConfig.from_pretrained(str(path))
-        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-        bound = max(gflops.values()) * 1e9 / (2 * params)
+        bound, params, gflops = matmul_bound(path, gflops)
         cmd = command("bench.gen", [f"--prompts {args.prompts} --n {args.n} --max-new {args.max_new} "
                                     f"--models {name} --parallel {args.parallel}"])
         details = {"model": name, "rows": len(instructions) * args.n, "max_new_tokens": args.max_new,

@@ -76,18 +76,13 @@ def likelihood(backend, items: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from lance_llm.backends.hf import HFBackend
 
-    from .gen import matmul_gflops
+    from .gen import matmul_bound
 
     backend = HFBackend(model_path(), "bench")
     lk = likelihood(backend, args.items)
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_path())))
-                 .parameters())
-    bound = max(matmul_gflops(d) for d in (torch.float32, torch.bfloat16)) * 1e9 / (2 * params)
+    bound = matmul_bound(model_path())[0]
     scoring = {
         "metric": "likelihood judge scoring (HFBackend.score, unchanged by issue 14), tokens run per second",
         "unit": "tokens/s", "ours": lk["tokens_per_s"], "baseline": round(bound, 1),
