@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import random
 import socket
-import subprocess
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,7 +51,8 @@ def matmul_bound(path: Path, gflops: dict[str, float] | None = None) -> tuple[fl
     from transformers import AutoConfig, AutoModelForCausalLM
 
     gflops = gflops or {str(d).split(".")[-1]: matmul_gflops(d) for d in (torch.float32, torch.bfloat16)}
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
+    with torch.device("meta"):  # shapes only: counting needs no weights in memory
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
     params = sum(p.numel() for p in model.parameters())
     return max(gflops.values()) * 1e9 / (2 * params), params, gflops
 
@@ -78,36 +76,28 @@ def ours(path: Path, instructions: list[str], n: int, max_new: int) -> tuple[lis
     return texts, t.seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def llama_server(gguf: Path, instructions: list[str], n: int, max_new: int, parallel: int
                  ) -> tuple[list[str], float]:
-    """All samples through llama-server with `parallel` slots and as many requests in flight."""
+    """All samples through llama-server with `parallel` slots and as many requests in flight; the
+    server is started, waited for and stopped by lance's own ManagedServer (backend.openai)."""
+    import shlex
+
     from openai import OpenAI
 
+    from lance_llm.backends.openai_compat import ManagedServer
     from lance_llm.llamacpp import server_binary
 
-    port = _free_port()
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}/v1"
     # every slot gets room for a prompt and its reply; -t: the cores torch uses too
-    argv = [str(server_binary()), "-m", str(gguf), "--port", str(port), "-t", str(torch.get_num_threads()),
-            "-np", str(parallel), "-c", str(parallel * 1024), "-cb", "--no-webui"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = shlex.join([str(server_binary()), "-m", str(gguf), "--port", str(port), "-t",
+                          str(torch.get_num_threads()), "-np", str(parallel), "-c", str(parallel * 1024), "-cb",
+                          "--no-webui"])
+    server = ManagedServer(command, gguf, base_url, wait_s=300)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"llama-server did not start: {' '.join(argv)}") from None
-                time.sleep(0.5)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
+        client = OpenAI(base_url=base_url, api_key="none", timeout=600)
 
         def one(job: tuple[str, int]) -> str:
             q, seed = job
@@ -121,8 +111,7 @@ def llama_server(gguf: Path, instructions: list[str], n: int, max_new: int, para
             texts = list(pool.map(one, jobs))
         return texts, t.seconds
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -147,8 +136,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         server = {}
         for p in (int(x) for x in args.parallel.split(",")):
             s_texts, s_seconds = llama_server(weights, instructions, args.n, args.max_new, p)
-            server[p] = {"tokens": count(s_texts), "seconds": round(s_seconds, 1),
-                         "tokens_per_s": round(count(s_texts) / s_seconds, 1)}
+            s_tokens = count(s_texts)
+            server[p] = {"tokens": s_tokens, "seconds": round(s_seconds, 1),
+                         "tokens_per_s": round(s_tokens / s_seconds, 1)}
         best = max(server, key=lambda p: server[p]["tokens_per_s"])
         base_tps = server[best]["tokens_per_s"]
         bound, params, gflops = matmul_bound(path, gflops)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import random
 import sys
@@ -189,15 +190,8 @@ def _params(path: Path) -> int:
     total = 0
     for f in path.glob("*.safetensors"):
         with safe_open(str(f), "pt") as sf:
-            total += sum(_prod(sf.get_slice(k).get_shape()) for k in sf.keys())  # noqa: SIM118 - safe_open is not iterable
+            total += sum(math.prod(sf.get_slice(k).get_shape()) for k in sf.keys())  # noqa: SIM118 - not iterable
     return total
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":

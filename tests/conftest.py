@@ -15,6 +15,7 @@ import json
 import random
 import re
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -114,6 +115,13 @@ class FakeTrainer:
             (tmp / "model.safetensors").write_bytes(h.digest())
         examples = sum(1 for line in Path(data).read_text().splitlines() if line.strip())
         return TrainResult(Path(out), steps=1, examples=examples, loss=0.5, seconds=0.0)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def fake_checkpoint(path: Path) -> Path:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from lance_llm import llamacpp, models
 from lance_llm.backends import backend_fingerprint
 from lance_llm.backends.openai_compat import serve_argv
@@ -66,12 +66,6 @@ def test_unknown_outtype_is_refused() -> None:
         llamacpp.gguf("/nonexistent", "q2")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("openai") is None,
                     reason="needs the server extra: pip install 'lance-llm[serve]' (make serve)")
@@ -83,7 +77,7 @@ def test_served_bf16_gguf_scores_like_the_in_process_model() -> None:
     ckpt = models.resolve("smollm2-135m").path
     gguf = llamacpp.gguf(ckpt)  # converted once, cached by the weights' fingerprint
     assert gguf.stat().st_size > 250e6 and llamacpp.gguf(ckpt) == gguf  # bf16: 2 bytes a weight
-    port = _free_port()
+    port = free_port()
     command = shlex.join([sys.executable, "-m", "llama_cpp.server", "--host", "127.0.0.1", "--port", str(port),
                           "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"]) + " --model {gguf}"
     cfg = build_config({"backend": {"kind": "openai", "openai": {

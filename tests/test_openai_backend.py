@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from conftest import free_port
+
 pytest.importorskip("openai")
 
 from lance_llm.backends import backend_fingerprint
@@ -373,14 +375,6 @@ def test_bad_openai_settings_name_the_key(key: str, value: Any) -> None:
         build_config({"backend": {"kind": "openai", "openai": {key: value}}})
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_command_starts_waits_and_stops_the_server(tmp_path: Any) -> None:
     import shlex
     import sys
@@ -389,7 +383,7 @@ def test_serve_command_starts_waits_and_stops_the_server(tmp_path: Any) -> None:
 
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "models").write_text("{}")  # what GET {base_url}/models finds
-    port = _free_port()
+    port = free_port()
     # {model} is replaced by the (quoted) checkpoint directory: here the folder a static server serves
     command = f"{shlex.quote(sys.executable)} -m http.server {port} --bind 127.0.0.1 --directory {{model}}"
     server = ManagedServer(command, tmp_path / "ckpt", f"http://127.0.0.1:{port}", wait_s=30)
@@ -408,4 +402,4 @@ def test_serve_command_that_exits_or_never_answers_fails_clearly(tmp_path: Any) 
         ManagedServer(f"{sys.executable} -c 'import sys; sys.exit(3)'", tmp_path, "http://127.0.0.1:9/v1", wait_s=30)
     with pytest.raises(RuntimeError, match="no answer at"):
         ManagedServer(f"{sys.executable} -c 'import time; time.sleep(60)'", tmp_path,
-                      f"http://127.0.0.1:{_free_port()}/v1", wait_s=1)
+                      f"http://127.0.0.1:{free_port()}/v1", wait_s=1)

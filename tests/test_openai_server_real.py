@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import shlex
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from conftest import free_port
 from lance_llm import models
 from lance_llm.backends import backend_fingerprint, make_backend
 from lance_llm.backends.base import GenerateRequest, Sampling, ScoreRequest, common_prefix
@@ -52,12 +52,6 @@ PAIRS = [
 ]
 # The judge's tolerance: scores from the two backends differ by the arithmetic noise above.
 SCORE_TOL = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
