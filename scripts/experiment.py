@@ -1,69 +1,124 @@
-"""The self-improvement experiment: does LANCE make the model better on held-out benchmarks?
+"""The self-improvement experiment: does LANCE, the loop, make a model better on held-out benchmarks?
 
-For each experiment config (default: Qwen2.5-Coder-0.5B, then SmolLM2-135M as the control) it
-runs the LANCE loop (`lance run`), evaluates every checkpoint of the run (`lance eval`: base,
-M_0, M_1, M_2 on IFEval and the multiple-choice benchmarks), measures the judge's reliability
-per iteration (`lance judge`), and writes results/experiment.md: the evaluation table with 95%
-intervals, the judge reliability, the funnel and the diversity/drift of every iteration, the
-exact commands, wall times and the machine. A hand-written analysis kept in
-results/findings.md is included at the top (the numbers below it are regenerated).
+    make experiment                                       # = python scripts/experiment.py
+    python scripts/experiment.py --configs configs/experiment-smollm2.yaml --parts run,control
+    python scripts/experiment.py --report-only            # results/experiment.md from what is on disk
 
-    make experiment                                   # = python scripts/experiment.py
-    python scripts/experiment.py --configs configs/experiment-smollm2.yaml --ifeval-limit 20
+Per experiment config (Qwen2.5-Coder-0.5B, then SmolLM2-135M), on the same budget:
+- run      `lance run CONFIG`: M_0 = LoRA SFT of the base on the seed + review examples, then LANCE
+           iterations M_1..M_T (LoRA SFT then DPO each);
+- control  the seed-only control: M_0 trained further on the same SFT_0 for as many optimizer
+           steps as the LANCE iterations took in all (SFT + DPO), so that more epochs on the seed
+           are not mistaken for the loop's effect (`control_config`: the run's config with only
+           `train.sft.max_steps` and `run_dir` changed);
+- select   IFEval (all of the dev file) for base, M_0..M_T: the selection split picks the reported
+           M_t by the rule below, the other split is reported for every checkpoint;
+- eval     base, M_0, the chosen M_t and the control on everything: IFEval and ARC-Easy/Challenge,
+           HellaSwag, Winogrande, MMLU and GSM8K on `--limit` items each (the M_t not chosen are
+           reported on IFEval only: nothing else about them enters a conclusion);
+- judge    the judge's own-sample precision per checkpoint (`lance judge --own`, test split);
+- export   LoRA adapters and lineage.json to results/NAME/checkpoints (lance_llm.lineage), and
+           the run's small files (funnels, manifests, eval results and per-item verdicts);
+- report   results/experiment.md: the table on the reported split, paired tests against M_0 and
+           the control, the checkpoint chosen by the rule fixed below, the funnel, the share of
+           self-written data, judge precision, drift, commands, times and the machine.
 
-Every step resumes: re-running finishes what a crash left and recomputes nothing that is done
-(the run directory and the evaluation cache are keyed by content).
+The checkpoint rule, fixed before any run: among M_1..M_T, the highest IFEval prompt-level strict
+accuracy on the selection split (the IFEval dev prompts the judge issue used to choose its
+settings: `judge.own.split_of(id) == "dev"`, 40%); ties go to the earlier iteration. Every figure
+in the table is on the other 60% of IFEval and on the other benchmarks, which nothing was tuned on.
+
+Every part resumes: `lance run` and `lance eval` skip what is done (run directory manifests, the
+evaluation cache), the control is kept once trained for the right number of steps, and the report
+is rebuilt from disk. Stop it at any point and run the same command again to continue.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from lance_llm.config import Config, load_config  # noqa: E402
 from lance_llm.drift import drift_markdown, drift_rows  # noqa: E402
-from lance_llm.judge.pairs import KINDS  # noqa: E402
+from lance_llm.evaluate.paired import compare, describe  # noqa: E402
+from lance_llm.judge.own import split_of  # noqa: E402
+from lance_llm.records import stable_int  # noqa: E402
 from lance_llm.rundir import RunDir  # noqa: E402
 from lance_llm.stages import ITERATION, PREPARE  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/experiment-qwen.yaml", "configs/experiment-smollm2.yaml"]
+PARTS = ("run", "control", "select", "eval", "judge", "export", "report")
+BENCHMARKS = "arc_easy,arc_challenge,hellaswag,winogrande,mmlu,gsm8k"
+HEADLINE = ("ifeval_prompt_strict", "ifeval_inst_strict", "arc_easy", "arc_challenge", "hellaswag", "winogrande",
+            "mmlu", "gsm8k")
+SELECT_METRIC = "ifeval_prompt_strict"
+SELECT_DIR = "eval_ifeval"  # the select part's output in the run directory (IFEval of every checkpoint)
+RULE = ("among M_1..M_T, the highest IFEval prompt-level strict accuracy on the selection split (the "
+        "IFEval dev prompts the judge issue chose its settings on, 40%); ties go to the earlier iteration")
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.platform()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU only'})")
+# -- the seed-only control ---------------------------------------------------------------------
+def lance_steps(rd: RunDir) -> tuple[int, list[int]]:
+    """Optimizer steps (SFT + DPO) of every finished LANCE iteration, and those iterations."""
+    iters = [t for t in rd.iterations() if t > 0 and rd.finished(t, "model")]
+    steps = 0
+    for t in iters:
+        st = rd.stats(t, "train") or {}
+        steps += int((st.get("sft") or {}).get("steps") or 0) + int((st.get("dpo") or {}).get("steps") or 0)
+    return steps, iters
 
 
+def control_config(cfg: Config, steps: int) -> Config:
+    """The seed-only control's config: the run's own, with only the SFT step count and run_dir set."""
+    sft = dataclasses.replace(cfg.train.sft, max_steps=steps)
+    return dataclasses.replace(cfg, run_dir=str(Path(cfg.run_dir) / "control"),
+                               train=dataclasses.replace(cfg.train, sft=sft))
+
+
+def train_control(config: str) -> dict[str, Any]:
+    """M_0 + SFT on SFT_0 for as many steps as LANCE took; kept in RUN_DIR/control/ (model/,
+    control.json); done once per step count."""
+    from lance_llm import models
+    from lance_llm.stages.train import train_sft
+
+    cfg = load_config(ROOT / config)
+    rd = RunDir(ROOT / cfg.run_dir)
+    if not rd.finished(0, "model"):
+        sys.exit(f"control: {rd.root} has no M_0 (train.m0_sft: true, then `lance run {config}`)")
+    steps, iters = lance_steps(rd)
+    if steps == 0:
+        sys.exit(f"control: {rd.root} has no finished LANCE iteration yet")
+    ccfg = control_config(cfg, steps)
+    out, meta = ROOT / ccfg.run_dir / "model", ROOT / ccfg.run_dir / "control.json"
+    if meta.exists() and out.exists():
+        done = json.loads(meta.read_text(encoding="utf-8"))
+        if done.get("steps") == steps:
+            return done
+    res = train_sft(rd.path(0, "model"), rd.path(0, "sft"), out, ccfg.train, stable_int(cfg.seed, "control"),
+                    cfg.model.trust_remote_code)
+    doc = {"steps": steps, "lance_iterations": iters, "start": "M_0", "start_fingerprint":
+           models.fingerprint(rd.path(0, "model")), "data": str(rd.path(0, "sft").relative_to(rd.root)),
+           "fingerprint": models.fingerprint(out), "train": res.to_dict()}
+    meta.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return doc
+
+
+# -- running the parts -------------------------------------------------------------------------
 def step(cmd: list[str], log: Path) -> float:
-    """Run one command, its output teed to `log`; return its wall time; stop on failure."""
+    """Run one command, its output appended to `log`; return its wall time; stop on failure."""
     print("$", shlex.join(cmd), flush=True)
     t0 = time.time()
     with log.open("a", encoding="utf-8") as fh:
@@ -75,9 +130,202 @@ def step(cmd: list[str], log: Path) -> float:
     return time.time() - t0
 
 
-def stage_seconds(run_dir: Path) -> dict[str, float]:
-    """Seconds spent per stage kind, summed over iterations, from the stage manifests."""
-    rd, out = RunDir(run_dir), {}
+def commands(config: str, cfg: Config, args: argparse.Namespace) -> dict[str, list[list[str]]]:
+    lance = [sys.executable, "-m", "lance_llm.cli"]
+    run_dir = cfg.run_dir
+    ifev = ["--ifeval-limit", str(args.ifeval_limit)] if args.ifeval_limit else []
+    ev = ["--limit", str(args.limit), "--benchmarks", args.benchmarks, *ifev]
+    rd = RunDir(ROOT / run_dir)
+    items = load_items(source_dir(cfg, args.out.parent))  # what select/eval measured (kept copy: see report)
+    best = choose(items)[0]  # None until the select part has evaluated an M_t
+    trained = [t for t, _ in rd.finished_models()] or sorted(int(m[2:]) for m in items if m.startswith("M_"))
+    full = ",".join(["base", *(["M_0"] if 0 in trained else []), *([best] if best else [])])
+    judged = [("base", str(cfg.model.source))] + [(f"M_{t}", str(Path(run_dir) / f"iter_{t:02d}" / "model"))
+                                                  for t in trained]
+    if (ROOT / run_dir / "control" / "model").exists() or "control" in items:
+        judged.append(("control", str(Path(run_dir) / "control" / "model")))
+    return {
+        "run": [[*lance, "run", config]],
+        "control": [[sys.executable, "scripts/experiment.py", "--train-control", config]],
+        "select": [[*lance, "eval", run_dir, "--benchmarks", "none", "--out", str(Path(run_dir) / SELECT_DIR), *ifev]],
+        "eval": [[*lance, "eval", run_dir, "--models", full, *ev]] + ([  # the control once it is trained
+            [*lance, "eval", str(Path(run_dir) / "control" / "model"), "--out", str(Path(run_dir) / "eval_control"),
+             *ev]] if (ROOT / run_dir / "control" / "model").exists() else []),
+        "judge": [[*lance, "judge", model, config, "--own", "--mode", cfg.review.mode, "--split", "test",
+                   "--limit", str(args.judge_limit), "--out", str(Path(run_dir) / "judge_own" / label)]
+                  for label, model in judged],
+        "export": [[sys.executable, "-m", "lance_llm.lineage", "export", run_dir,
+                    str(results_dir(cfg, args.out.parent) / "checkpoints")]],
+    }
+
+
+def results_dir(cfg: Config, results: Path) -> Path:
+    return results / Path(cfg.run_dir).name
+
+
+def keep_small_files(cfg: Config, results: Path) -> None:
+    """The run's small files under results/NAME/run/: config, run.json, funnels, manifests, eval
+    results and per-item verdicts, the control's record, judge results. No weights, no records."""
+    src, dest = ROOT / cfg.run_dir, results_dir(cfg, results) / "run"
+    patterns = ["config.yaml", "run.json", "funnel.md", "iter_*/funnel.json", "iter_*/*.manifest.json",
+                "eval/results.*", "eval/items.json", "eval_control/results.*", "eval_control/items.json",
+                f"{SELECT_DIR}/results.*", f"{SELECT_DIR}/items.json",
+                "control/control.json", "judge_own/*/judge_own.*"]
+    for pattern in patterns:
+        for f in src.glob(pattern):
+            (dest / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest / f.relative_to(src))
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / FACTS).write_text(json.dumps(run_facts(src), indent=1, default=str) + "\n", encoding="utf-8")
+
+
+def add_control_to_lineage(cfg: Config, results: Path) -> None:
+    from lance_llm import models
+
+    lineage = results_dir(cfg, results) / "checkpoints" / "lineage.json"
+    ctrl = ROOT / cfg.run_dir / "control" / "model"
+    if not lineage.exists() or not (ctrl / "adapter").exists():
+        return
+    doc = json.loads(lineage.read_text(encoding="utf-8"))
+    rel = Path("adapters") / "control" / "model"
+    shutil.copytree(ctrl / "adapter", lineage.parent / rel, dirs_exist_ok=True)
+    doc["checkpoints"]["control"] = {"fingerprint": models.fingerprint(ctrl),
+                                     "adapters": [*doc["checkpoints"]["M_0"]["adapters"], rel.as_posix()]}
+    lineage.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+# -- the report ----------------------------------------------------------------------------------
+def split_items(items: dict[str, dict[str, list[float]]], metric: str, part: str) -> dict[str, tuple[float, float]]:
+    """One model's items of `metric`; IFEval items restricted to the selection or reported split."""
+    got = {k: (float(v[0]), float(v[1])) for k, v in items.get(metric, {}).items()}
+    if metric.startswith("ifeval_"):
+        want = "dev" if part == "select" else "test"
+        got = {k: v for k, v in got.items() if split_of(f"ifeval-{k}") == want}
+    return got
+
+
+def score(items: dict[str, tuple[float, float]]) -> float | None:
+    den = sum(d for _, d in items.values())
+    return sum(n for n, _ in items.values()) / den if den else None
+
+
+def load_items(src: Path) -> dict[str, dict[str, Any]]:
+    """label -> metric -> per-item verdicts, from the select and eval parts and the control's evaluation
+    (`src`: the run directory, or its copy under results/)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in (SELECT_DIR, "eval"):
+        run_items = src / part / "items.json"
+        if run_items.exists():
+            for label, metrics in json.loads(run_items.read_text(encoding="utf-8")).items():
+                out.setdefault(label, {}).update(metrics)
+    ctrl = src / "eval_control" / "items.json"
+    if ctrl.exists():
+        for items in json.loads(ctrl.read_text(encoding="utf-8")).values():
+            out["control"] = items
+    return out
+
+
+def choose(items: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+    """The reported checkpoint by RULE, and the selection scores behind it."""
+    cands = sorted((label for label in items if label.startswith("M_") and label != "M_0"),
+                   key=lambda x: int(x[2:]))
+    scores = {label: score(split_items(items[label], SELECT_METRIC, "select")) for label in cands}
+    scored = [lab for lab in cands if scores[lab] is not None]
+    if not scored:
+        return None, "no LANCE checkpoint evaluated yet"
+    best = max(scored, key=lambda lab: scores[lab])  # max keeps the first (earliest) of equals
+    n = len(split_items(items[best], SELECT_METRIC, "select"))
+    return best, f"selection split ({n} prompts): " + ", ".join(f"{lab} {scores[lab]:.3f}" for lab in scored)
+
+
+def results_table(items: dict[str, dict[str, Any]]) -> str:
+    order = [lab for lab in ("base", "M_0", "control") if lab in items]
+    order += sorted((lab for lab in items if lab.startswith("M_") and lab != "M_0"), key=lambda x: int(x[2:]))
+    metrics = [m for m in HEADLINE if any(m in items[lab] for lab in order)]
+    sizes = {m: max(len(split_items(items[lab], m, "report")) for lab in order) for m in metrics}
+    head = ["model", *[f"{m} ({sizes[m]})" for m in metrics], "average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lab in order:
+        vals = [score(split_items(items[lab], m, "report")) for m in metrics]
+        avg = sum(v for v in vals if v is not None) / len(metrics) if all(v is not None for v in vals) else None
+        lines.append("| " + " | ".join([lab, *("-" if v is None else f"{v:.3f}" for v in vals),
+                                        "-" if avg is None else f"{avg:.3f}"]) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(items: dict[str, dict[str, Any]], against: str) -> str:
+    if against not in items:
+        return f"({against} not evaluated yet)"
+    others = [lab for lab in items if lab not in ("base", against)]
+    others.sort(key=lambda x: (not x.startswith("M_"), int(x[2:]) if x.startswith("M_") else 0))
+    metrics = [m for m in HEADLINE if m in items[against]]
+    lines = ["| model | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for lab in others:
+        cells = []
+        for m in metrics:
+            a, b = split_items(items[against], m, "report"), split_items(items[lab], m, "report")
+            cells.append(describe(compare(a, b)) if set(a) & set(b) else "-")
+        lines.append(f"| {lab} vs {against} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def self_written(rd: RunDir) -> list[dict[str, int]]:
+    """Per finished iteration: the SFT and DPO sets trained on, and how much of them the model wrote."""
+    rows = []
+    for t in rd.iterations():
+        if t == 0 or not rd.finished(t, "model"):
+            continue
+        sft, dpo = rd.read(t, "sft"), rd.read(t, "dpo")
+        rows.append({"iteration": t, "sft": len(sft), "sft_own": sum(1 for e in sft if e.source == "generated"),
+                     "dpo": len(dpo), "dpo_own": sum(1 for p in dpo if p.chosen_id != p.parent_id)})
+    return rows
+
+
+def self_written_markdown(rows: list[dict[str, int]]) -> str:
+    lines = ["| iteration | SFT examples | self-written | share | DPO pairs | chosen written by the model | share |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['iteration']} | {r['sft']} | {r['sft_own']} | {r['sft_own'] / max(1, r['sft']):.0%} | "
+              f"{r['dpo']} | {r['dpo_own']} | {r['dpo_own'] / max(1, r['dpo']):.0%} |" for r in rows]
+    return "\n".join(lines)
+
+
+FACTS = "facts.json"  # what the report needs from the run's records, kept beside the small files
+
+
+def run_facts(run_dir: Path) -> dict[str, Any]:
+    """The report's figures that come from records and manifests (not kept under results/)."""
+    rd = RunDir(run_dir)
+    return {"self_written": self_written(rd), "drift": drift_rows(run_dir), "stage_seconds": stage_seconds(rd)}
+
+
+def source_dir(cfg: Config, results: Path) -> Path:
+    """Where the report reads a model's run: the run directory while it is on this machine, else its
+    small files under results/ (what the export part kept), so the tables can be rebuilt anywhere."""
+    live = ROOT / cfg.run_dir
+    return live if (live / "run.json").exists() else results_dir(cfg, results) / "run"
+
+
+def judge_table(src: Path) -> str:
+    """The own-sample judge per checkpoint: pairwise accuracy and the precision of its SFT picks."""
+    rows = []
+    for f in sorted((src / "judge_own").glob("*/judge_own.json")):
+        for key, doc in json.loads(f.read_text(encoding="utf-8")).items():
+            for mode, r in doc.get("results", {}).items():
+                if mode.startswith(("rule:", "siblings:")):
+                    continue
+                ci = r.get("pairwise_ci95") or [None, None]
+                prec = r.get("sft_precision")
+                rows.append(f"| {f.parent.name} | {key.rsplit('|', 1)[-1]} | {mode} | {r.get('pairwise')} "
+                            f"[{ci[0]}, {ci[1]}] | {'-' if prec is None else f'{prec:.2f}'} "
+                            f"(base rate {r.get('base_rate')}, {r.get('sft_selected')} selected) |")
+    if not rows:
+        return "(not measured yet)"
+    return ("| model | prompts | judge | pairwise [95% CI] | SFT precision |\n|---|---|---|---|---|\n"
+            + "\n".join(rows))
+
+
+def stage_seconds(rd: RunDir) -> dict[str, float]:
+    out: dict[str, float] = {}
     for t in rd.iterations():
         for stage in (PREPARE if t == 0 else ITERATION):
             if (m := rd.manifest(t, stage.name)) is not None:
@@ -85,103 +333,106 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def checkpoints(cfg: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
-    """(label, model source) of base, M_0 (when trained) and every M_t of the run."""
-    out = [("base", str(cfg["model"]["source"]))]
-    for t, d in RunDir(run_dir).finished_models():
-        out.append((f"M_{t}", str(d.relative_to(ROOT))))
-    return out
-
-
-def judge_table(run_dir: Path) -> str:
-    """One row per (checkpoint, review mode) from RUN_DIR/judge/LABEL-MODE/judge.json."""
-    head = ["model", "mode", "pairs", "accuracy [95% CI]", "parse failures", "s/pair", *KINDS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    found = sorted(run_dir.glob("judge/*/judge.json"), key=lambda p: (p.parent.name.split("-")[0] != "base",
-                                                                       p.parent.name))
-    for path in found:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        label = path.parent.name.rsplit("-", 1)[0]
-        for mode, r in doc["results"].items():
-            acc = "–" if r.get("accuracy") is None else f"{r['accuracy']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
-            kinds = [("–" if (k := r.get("per_kind", {}).get(kind, {}).get("accuracy")) is None else f"{k:.2f}")
-                     for kind in KINDS]
-            lines.append("| " + " | ".join([label, mode, str(r["pairs"]), acc,
-                                             f"{100 * (r.get('parse_failure_rate') or 0):.0f}%",
-                                             f"{r.get('seconds_per_pair') or 0:.2f}", *kinds]) + " |")
-    if not found:
-        return "(not measured: run without --no-judge)"
-    return "\n".join(lines) + ("\n\nTest split of the labelled pairs (`lance judge`); right = the gold answer "
-                               "scores strictly higher; a pair with an unscored side is a parse failure, "
-                               "outside the accuracy.")
-
-
-def section(config: str, args: argparse.Namespace, log: Path) -> str:
-    cfg = yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))
-    run_dir = ROOT / cfg["run_dir"]
-    lance = [sys.executable, "-m", "lance_llm.cli"]
-    run_cmd = [*lance, "run", config]
-    eval_cmd = [*lance, "eval", str(cfg["run_dir"]), "--ifeval-limit", str(args.ifeval_limit),
-                "--mc-limit", str(args.mc_limit)]
-    cmds = {"lance run": run_cmd, "lance eval": eval_cmd}
-    times = {} if args.report_only else {k: step(c, log) for k, c in cmds.items()}
-    if not args.no_judge:  # after the run: its checkpoints are what is judged
-        for label, model in checkpoints(cfg, run_dir):
-            for mode, limit in (("expected", args.judge_limit), ("sampled", args.judge_sampled_limit)):
-                key = f"lance judge {label} {mode}"
-                cmds[key] = [*lance, "judge", model, config, "--mode", mode, "--split", "test", "--limit",
-                             str(limit), "--out", str(Path(cfg["run_dir"]) / "judge" / f"{label}-{mode}")]
-                if not args.report_only:
-                    times[key] = step(cmds[key], log)
-    shown = "; the times are of this invocation, ~0 s when already done" if times else ""
-    parts = [f"## {cfg['model']['source']} (`{config}`)", "", f"Commands (each resumes{shown}):", "",
-             *[f"- `lance {shlex.join(c[3:])}`" + (f": {times[k]:.0f} s" if k in times else "")
-               for k, c in cmds.items()], ""]
-    secs = stage_seconds(run_dir)
+def section(config: str, args: argparse.Namespace) -> str:
+    cfg = load_config(ROOT / config)
+    src = source_dir(cfg, args.out.parent)
+    live = src == ROOT / cfg.run_dir
+    facts: dict[str, Any] = {}
+    if live:
+        facts = run_facts(src)
+    elif (src / FACTS).is_file():
+        facts = json.loads((src / FACTS).read_text(encoding="utf-8"))
+    items = load_items(src)
+    best, why = choose(items)
+    cmds = commands(config, cfg, args)
+    parts = [f"## {cfg.model.source} (`{config}`)", "", "Commands (each resumes):", ""]
+    parts += [f"- {part}: `{'python ' + shlex.join(c[1:]) if c[0] == sys.executable else shlex.join(c)}`"
+              for part in PARTS[:-1] for c in cmds.get(part, [])]
+    secs = facts.get("stage_seconds") or {}
+    if not live:
+        parts += ["", f"(Read from {src.relative_to(ROOT) if src.is_relative_to(ROOT) else src}: the run directory "
+                  "is not on this machine.)"]
     if secs:
-        parts += ["Compute time per stage (summed over iterations, from the stage manifests): "
-                  + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + f"; total {sum(secs.values()):.0f} s.", ""]
-    parts += ["### Judge reliability", "", judge_table(run_dir), ""]
-    rd = RunDir(run_dir)
-    for title, path in (("Evaluation", rd.eval_dir / "results.md"), ("Funnel", rd.funnel_md)):
-        parts += [f"### {title}", "", path.read_text(encoding="utf-8").strip() if path.is_file()
-                  else f"(missing: {path.relative_to(ROOT)})", ""]
-    parts += ["### Diversity and drift", "", drift_markdown(drift_rows(run_dir)), ""]
+        parts += ["", "Compute time per stage (summed over iterations, from the manifests): "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + f"; total {sum(secs.values()):.0f} s."]
+    ctrl = src / "control" / "control.json"
+    if ctrl.exists():
+        c = json.loads(ctrl.read_text(encoding="utf-8"))
+        parts += ["", f"Seed-only control: M_0 + {c['steps']} SFT steps on SFT_0 (LANCE iterations "
+                  f"{c['lance_iterations']} took {c['steps']} SFT + DPO steps), {c['train']['seconds']:.0f} s."]
+    parts += ["", "### Results on the reported split", "",
+              f"Checkpoint rule (fixed before the run): {RULE}. Chosen: **{best or '-'}** ({why}).", "",
+              results_table(items) if items else "(not evaluated yet)", "",
+              "IFEval columns: the 60% of dev.jsonl outside the selection split; other columns: `--limit` "
+              "seeded items each (GSM8K exact match, the rest accuracy).", "",
+              "### Paired tests against M_0", "", paired_table(items, "M_0"), "",
+              "### Paired tests against the seed-only control", "", paired_table(items, "control"), "",
+              "Cells: Δ (p of the exact McNemar test; items right only for the row's model vs only for "
+              "the reference), or Δ [paired-bootstrap 95% interval] for instruction-level IFEval.", "",
+              "### Self-written share of the training sets", "", self_written_markdown(facts.get("self_written") or []),
+              "", "### Judge on the model's own answers", "", judge_table(src), ""]
+    if (src / "funnel.md").is_file():
+        parts += ["### Funnel", "", (src / "funnel.md").read_text(encoding="utf-8").strip(), ""]
+    parts += ["### Diversity and drift", "", drift_markdown(facts.get("drift") or []), ""]
     return "\n".join(parts)
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
-    p.add_argument("--ifeval-limit", type=int, default=40, help="IFEval dev prompts per checkpoint")
-    p.add_argument("--mc-limit", type=int, default=30, help="items per multiple-choice benchmark")
-    p.add_argument("--judge-limit", type=int, default=60, help="judge pairs per checkpoint, expected mode")
-    p.add_argument("--judge-sampled-limit", type=int, default=8,
-                   help="judge pairs per checkpoint, sampled mode (3 free-text reviews each: costly)")
-    p.add_argument("--no-judge", action="store_true", help="skip the judge-reliability step")
-    p.add_argument("--report-only", action="store_true",
-                   help="run nothing: write the Markdown from what the runs and evaluations left on disk")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "experiment.md")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    p.add_argument("--limit", type=int, default=200, help="items per multiple-choice benchmark and GSM8K")
+    p.add_argument("--ifeval-limit", type=int, help="IFEval prompts (default: all of the dev file)")
+    p.add_argument("--benchmarks", default=BENCHMARKS, help=f"lance eval --benchmarks (default {BENCHMARKS})")
+    p.add_argument("--judge-limit", type=int, default=30, help="own-sample judge: IFEval+GSM8K test prompts")
+    p.add_argument("--report-only", action="store_true", help="= --parts report")
+    p.add_argument("--train-control", metavar="CONFIG", help=argparse.SUPPRESS)  # the control part's worker
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "experiment.md",
+                   help="the report; results/NAME/ (adapters, small files) go beside it")
     args = p.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.train_control:
+        print(json.dumps(train_control(args.train_control)))
+        return 0
+    parts = ["report"] if args.report_only else args.parts.split(",")
+    bad = [x for x in parts if x not in PARTS]
+    if bad:
+        p.error(f"unknown part(s) {', '.join(bad)}; known: {', '.join(PARTS)}")
     log = args.out.with_suffix(".log")
-    t0 = time.time()
-    sections = [section(c, args, log) for c in args.configs]
-    findings = args.out.parent / "findings.md"
-    head = ["# The self-improvement experiment", "",
-            f"Command: `python scripts/experiment.py {shlex.join(argv if argv is not None else sys.argv[1:])}` "
-            + ("(this file only: the numbers come from the run directories and evaluations that "
-               "`make experiment` = `python scripts/experiment.py` made; the commands are listed per model)."
-               if args.report_only else f"(`make experiment`); {time.time() - t0:.0f} s wall for this invocation."),
-            "",
-            f"Machine: {machine()}.", ""]
-    if findings.is_file():
-        head += [findings.read_text(encoding="utf-8").strip(), ""]
-    text = "\n".join(head + sections)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    for config in args.configs:
+        cfg = load_config(ROOT / config)
+        for part in PARTS[:-1]:
+            if part not in parts:
+                continue
+            for cmd in commands(config, cfg, args)[part]:  # rebuilt per part: judge/eval see new checkpoints
+                key = f"{Path(config).stem} {part}"
+                times[key] = times.get(key, 0.0) + step(cmd, log)
+            if part == "export":
+                add_control_to_lineage(cfg, args.out.parent)
+                keep_small_files(cfg, args.out.parent)
+    if "report" in parts:
+        head = ["# The self-improvement experiment", "", f"Machine: {machine()}.", ""]
+        findings = args.out.parent / "findings.md"
+        if findings.is_file():
+            head += [findings.read_text(encoding="utf-8").strip(), ""]
+        if times:
+            head += ["Wall time of this invocation per part: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()),
+                     ""]
+        text = "\n".join(head + [section(c, args) for c in args.configs])
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(args.out)
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lance_llm import models
-from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest
+from lance_llm.backends.base import Backend, GenerateRequest, ScoreRequest, tidy
 from lance_llm.config import Config
 from lance_llm.records import assistant, atomic_dir, chat_prompt, write_records
 from lance_llm.stages.train import TrainResult
@@ -53,7 +53,7 @@ class ScriptedBackend(Backend):
             raise AssertionError("generate was not expected")
         out = []
         for r in requests:
-            replies = list(self._gen(r))
+            replies = [tidy(x, r) for x in self._gen(r)]  # cut at stop strings and stripped, as backends do
             assert len(replies) == r.sampling.n, "a script must return exactly n replies"
             self.tokens["generated"] += sum(len(x.split()) for x in replies)
             out.append(replies)
@@ -148,23 +148,34 @@ def _words(seed: int, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
+def _lance_reply(user: str, seed: int, k: int) -> str:
+    """Sample k of a request seeded `seed`, in the template's free format where it has one."""
+    if user.startswith("Your job is to write one new instruction"):
+        # k = 1 repeats k = 0's instruction but for one word: the near-duplicate rule drops it;
+        # k = 3 has no Final Answer: a parse failure
+        text = _words(seed + (7 if k == 2 else 0), 9) + (" please" if k == 1 else "")
+        return f"Thought Process: a new task.\nFinal Answer: Describe the {text}." if k < 3 else "no idea"
+    if user.startswith("Your job is to write a new, worse response"):
+        return f"Thought Process: worse.\nFinal Answer: {_words(seed * 31 + k, 14)} [bad]"
+    return f"{_words(seed * 31 + k, 14)} {'[good]' if k % 2 == 0 else '[bad]'}"
+
+
+_FILLED = re.compile(r"^Thought Process: thinking \[(\d+):(\d+)\]\nFinal Answer:$")
+
+
 def lance_generate(req: GenerateRequest) -> list[str]:
     """New instructions (Final Answer), degraded answers (tagged [bad]) and answers: half of the
-    answers to a new instruction [good], half [bad]. Replies differ by request seed and sample."""
+    answers to a new instruction [good], half [bad]. Replies differ by request seed and sample.
+    The "fill" format gives the same texts: the thought (prefix "Thought Process:") carries the
+    request's seed and sample index, and the answer (prefix "...Final Answer:") is the free reply's,
+    or, where that has no Final Answer, a section label at once (an empty answer: a parse failure)."""
     user, s = req.messages[-1][1], req.sampling
-    out = []
-    for k in range(s.n):
-        seed = s.seed * 31 + k
-        if user.startswith("Your job is to write one new instruction"):
-            # k = 1 repeats k = 0's instruction but for one word: the near-duplicate rule drops it;
-            # k = 3 has no Final Answer: a parse failure
-            text = _words(s.seed + (7 if k == 2 else 0), 9) + (" please" if k == 1 else "")
-            out.append(f"Thought Process: a new task.\nFinal Answer: Describe the {text}." if k < 3 else "no idea")
-        elif user.startswith("Your job is to write a new, worse response"):
-            out.append(f"Thought Process: worse.\nFinal Answer: {_words(seed, 14)} [bad]")
-        else:
-            out.append(f"{_words(seed, 14)} {'[good]' if k % 2 == 0 else '[bad]'}")
-    return out
+    if req.prefix == "Thought Process:":
+        return [f" thinking [{s.seed}:{k}]" for k in range(s.n)]
+    if m := _FILLED.match(req.prefix):
+        free = _lance_reply(user, int(m.group(1)), int(m.group(2)))
+        return [" " + free.split("Final Answer: ", 1)[1] if "Final Answer: " in free else "\nOriginal instruction:"]
+    return [_lance_reply(user, s.seed, k) for k in range(s.n)]
 
 
 def lance_score(req: ScoreRequest) -> list[float]:

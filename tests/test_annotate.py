@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lance_llm.config import AnnotateConfig, DataConfig
+from lance_llm.config import AnnotateConfig, ConfigError, DataConfig, build_config
 from lance_llm.records import PreferencePair, Review, Sample, SFTExample
 from lance_llm.seeds import load_review_examples
 from lance_llm.stages.annotate import accumulate, make_pairs, next_seed, seed_sft, select_sft, union_by_id
@@ -267,6 +267,18 @@ def test_next_seed_shuffled_deterministically() -> None:
     assert a == b
     assert a != c
     assert a != [s.id for s in [*SEED0, *NEW2]]  # shuffled, not concatenated
+
+
+def test_next_seed_limit_keeps_a_seeded_sample_of_the_union() -> None:
+    full = [s.id for s in next_seed(NEW2, SEED0, CURRENT, "code", rng_seed=3)]
+    capped = [s.id for s in next_seed(NEW2, SEED0, CURRENT, "code", rng_seed=3, limit=8)]
+    assert capped == full[:8] and len(set(capped)) == 8  # the same shuffle, cut: a uniform sample
+    assert [s.id for s in next_seed(NEW2, SEED0, CURRENT, "code", rng_seed=3, limit=100)] == full
+
+
+def test_next_seed_limit_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match=r"annotate\.next_seed_limit"):
+        build_config({"annotate": {"next_seed_limit": 0}})
 
 
 # --------------------------------------------------------------------------------------------

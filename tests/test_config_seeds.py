@@ -271,6 +271,42 @@ def test_the_real_self_instruct_seed_tasks_load_when_present() -> None:
     assert all(s.instruction.strip() and s.response.strip() for s in seeds)
 
 
+def test_the_real_self_instruct_file_reads_instruction_input_and_output() -> None:
+    """The Self-Instruct seed tasks as the experiment reads them, alone and after the shipped seed."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"
+    if not path.exists():
+        pytest.skip("shared/ data not beside this checkout")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    seeds = load_seed(DataConfig(seed_path=str(path)))
+    assert len(seeds) == sum(len(r["instances"]) for r in rows) == 175
+    by_id = {s.id: s for s in seeds}
+    first = by_id["seed_task_0"]  # no input: the instruction alone
+    assert first.instruction == rows[0]["instruction"].strip()
+    assert first.response == rows[0]["instances"][0]["output"].strip()
+    with_input = next(r for r in rows if r["instances"][0]["input"].strip())
+    s = by_id[with_input["id"]]  # an input is appended to the instruction after a blank line
+    assert s.instruction == with_input["instruction"].strip() + "\n\n" + with_input["instances"][0]["input"].strip()
+
+    shipped = load_seed(DataConfig())
+    both = load_seed(DataConfig(seed_path=["shipped", str(path)]))
+    assert [x.id for x in both] == [x.id for x in shipped] + [x.id for x in seeds]
+    limited = load_seed(DataConfig(seed_path=["shipped", str(path)], shuffle=True, limit=50), seed=3)
+    assert len(limited) == 50 and {x.id for x in limited} <= {x.id for x in both}
+    assert any(x.id.startswith("seed_task_") for x in limited) and any(x.id.startswith("seed-") for x in limited)
+
+
+def test_seed_path_list_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.seed_path: an empty list"):
+        build_config({"data": {"seed_path": []}})
+    a = tmp_path / "a.jsonl"
+    a.write_text('{"id": "x", "instruction": "i", "response": "r"}\n')
+    with pytest.raises(RecordError, match=r"b\.jsonl:1: duplicate id 'x'"):
+        (tmp_path / "b.jsonl").write_text('{"id": "x", "instruction": "j", "response": "s"}\n')
+        load_seed(DataConfig(seed_path=[str(a), str(tmp_path / "b.jsonl")]))
+    with pytest.raises(RecordError, match=r"missing\.jsonl: seed file not found"):
+        load_seed(DataConfig(seed_path=[str(a), str(tmp_path / "missing.jsonl")]))
+
+
 def test_values_that_look_like_other_types_are_kept(tmp_path: Path) -> None:
     """What the fuzzers found that must load, not fail: errors are in test_bad_input.py."""
     assert build_config(overrides=["run_dir=2024-13-45"]).run_dir == "2024-13-45"  # not a date

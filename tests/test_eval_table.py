@@ -67,7 +67,7 @@ def _model(d: Path) -> None:
     (d / "model.safetensors").write_bytes(d.name.encode() + str(d).encode())
 
 
-def test_run_targets_base_then_finished_iterations(tmp_path: Path) -> None:
+def test_run_targets_base_then_finished_iterations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     _model(tmp_path / "base")
     run.mkdir()
@@ -82,6 +82,8 @@ def test_run_targets_base_then_finished_iterations(tmp_path: Path) -> None:
     assert len({t.fingerprint for t in got}) == 3
     targets, rd = runner.targets_for(str(run))
     assert rd == run and len(targets) == 3
+    assert main(["eval", str(run), "--models", "M_0,M_7", "--ifeval", "none"]) == 2  # before any model loads
+    assert "--models: M_7 not in" in capsys.readouterr().err
     assert runner.default_out(str(run), rd) == RunDir(run).eval_dir
 
 
@@ -99,6 +101,8 @@ def test_cli_refuses_bad_settings_before_loading(capsys: pytest.CaptureFixture[s
     assert "--limit" in capsys.readouterr().err
     assert main(["eval", "smollm2-135m", "--mc-limit", "many"]) == 2  # the alias scripts/experiment.py uses
     assert "--limit: expected a positive number or 'full'" in capsys.readouterr().err
+    assert main(["eval", "smollm2-135m", "--models", "M_1"]) == 2
+    assert "--models picks rows of a run directory; smollm2-135m is not one" in capsys.readouterr().err
     missing = tmp_path / "missing.jsonl"
     assert main(["eval", "smollm2-135m", "--ifeval", str(missing)]) == 2
     assert "missing.jsonl: cannot read" in capsys.readouterr().err
@@ -138,6 +142,10 @@ def test_evaluator_writes_after_each_model_and_reuses_its_cache(tmp_path: Path,
     assert [r["model"] for r in snapshots[0]["rows"]] == ["base"] and snapshots[0]["pending"] == ["M_1"]
     assert res["pending"] == [] and res["best"]["model"] == "M_1"
     assert res["rows"][1]["delta_vs_previous"]["ifeval_prompt_strict"]["delta"] == 1.0
+    items = json.loads((tmp_path / "out" / "items.json").read_text())  # per-item verdicts, for paired tests
+    assert items["base"]["ifeval_prompt_strict"] == {str(k): [0.0, 1.0] for k in range(4)}
+    assert items["M_1"]["ifeval_prompt_strict"] == {str(k): [1.0, 1.0] for k in range(4)}
+    assert sorted(items["M_1"]["arc_easy"].values()) == sorted([[float(i % 2), 1.0] for i in range(6)])
     # again: all from the cache; a damaged cache file is recomputed, not trusted
     calls.clear()
     next((tmp_path / "cache" / "fpB").glob("arc_easy-*.json")).write_text("{torn")

@@ -101,3 +101,20 @@ def test_compiled_decode_step_gives_the_eager_tokens(tmp_path) -> None:
     want, got = eager.generate(reqs), compiled.generate(reqs)
     assert got == want
     assert eager.tokens["generated"] < 12 * 6 and len({len(x) for r in want for x in r}) > 2  # rows ended early
+
+
+def test_stop_strings_end_a_row_early_and_cut_its_text(backend) -> None:
+    """A row stops once its text holds a stop string (fewer tokens generated); the text is cut before
+    it; a request without stops in the same batch gives what it gives alone."""
+    greedy = Sampling(0.0, 1.0, 48, n=1)
+    plain = [GenerateRequest((("user", q),), greedy) for q in QUESTIONS[1:]]
+    [full, other] = [t[0] for t in backend.generate(plain)]
+    words = full.split()
+    stop = " " + words[4]  # the fifth word, with the space before it: inside the text, not at its start
+    assert stop in full
+    before = backend.tokens["generated"]
+    [[cut], [other_again]] = backend.generate([GenerateRequest((("user", QUESTIONS[1]),), greedy, stop=(stop, "@@")),
+                                              plain[1]])
+    assert cut == full[: full.index(stop)].strip() and other_again == other
+    assert backend.tokens["generated"] - before < len(backend.tok(full)["input_ids"]) + len(
+        backend.tok(other)["input_ids"]) + 2  # the stopped row left the batch early

@@ -245,8 +245,8 @@ def make_gen_backend(fingerprint: str = "fake-model@1") -> ScriptedBackend:
     return ScriptedBackend(gen=gen, fingerprint=fingerprint)
 
 
-GEN_CFG = GenerateConfig(
-    n_instructions=4, n_responses=3, n_degraded=4,
+GEN_CFG = GenerateConfig(  # the free format: one reply per sample, parsed after (the fill format: below)
+    n_instructions=4, n_responses=3, n_degraded=4, format="free",
     sampling=SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=111),
     response_sampling=SamplingConfig(temperature=0.5, top_p=0.95, max_new_tokens=222),
 )
@@ -310,6 +310,38 @@ def test_generate_degraded_candidates() -> None:
     assert stats.degrade_replies == 4
     assert stats.degrade_parse_failures == 1
     assert stats.degraded_responses == 3
+
+
+def test_fill_format_prefills_the_sections_and_stops_at_the_next() -> None:
+    """format=fill: one call writes the thoughts (prefix "Thought Process:", stopped at the model's own
+    "Final Answer"), one writes each thought's answer (prefix thought + "Final Answer:", stopped at a
+    section label); an answer left empty is the parse failure; the answers then get their responses."""
+    from lance_llm.stages.generate import ANSWER_STOP, THOUGHT_STOP
+
+    def gen(req: GenerateRequest) -> list[str]:
+        if req.prefix == "Thought Process:":
+            # a model that writes its own Final Answer after the thought: the stop cuts it away
+            return [f" idea {k}.\nFinal Answer: ignored" for k in range(req.sampling.n)]
+        if req.prefix.endswith("Final Answer:"):
+            idea = req.prefix.split("idea ")[1][0]
+            # idea 2 answers with a section label at once: empty after the stop, a parse failure
+            return ["\nOriginal instruction: x" if idea == "2" else f" Task {idea} in detail.\nExample 4\nmore"]
+        return [f"Answer {j}" for j in range(req.sampling.n)]
+
+    backend = ScriptedBackend(gen=gen)
+    cfg = GenerateConfig(n_instructions=3, n_responses=1, n_degraded=2, thought_max_new_tokens=77,
+                         sampling=SamplingConfig(0.7, 0.9, 111))
+    cands, stats = generate([L1], [H1], backend, cfg, SYSTEM, iteration=1, seed=0)
+    thoughts, answers, responses = backend.generate_calls
+    assert [r.prefix for r in thoughts] == ["Thought Process:"] * 2 and all(r.stop == THOUGHT_STOP for r in thoughts)
+    assert [r.sampling.n for r in thoughts] == [3, 2] and {r.sampling.max_new_tokens for r in thoughts} == {77}
+    assert [r.prefix for r in answers] == [f"Thought Process: idea {k}.\nFinal Answer:" for k in (0, 1, 2, 0, 1)]
+    assert all(r.stop == ANSWER_STOP and r.sampling.n == 1 and r.sampling.max_new_tokens == 111 for r in answers)
+    assert len({r.sampling.seed for r in answers}) == 5 and answers[0].messages == thoughts[0].messages
+    assert [c.instruction for c in cands if c.origin == "new"] == ["Task 0 in detail.", "Task 1 in detail."]
+    assert [c.response for c in cands if c.origin == "degraded"] == ["Task 0 in detail.", "Task 1 in detail."]
+    assert len(responses) == 2
+    assert (stats.instruction_replies, stats.instruction_parse_failures, stats.degrade_parse_failures) == (3, 1, 0)
 
 
 def test_generate_ids_deterministic_and_unique() -> None:

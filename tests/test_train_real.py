@@ -39,6 +39,27 @@ def test_lora_sft_then_dpo_merges_into_a_plain_checkpoint(tmp_path: Path, train_
     untouched = [k for k in base if k not in targeted]
     assert all(torch.equal(base[k], s[k]) for k in untouched)  # LoRA leaves the rest frozen
 
+    # each step kept its adapter; base + the two adapters merged in order rebuild the DPO checkpoint
+    # bit for bit (lance_llm.lineage), and a wrong recorded fingerprint is refused
+    import json
+
+    from lance_llm.lineage import LineageError, rebuild
+
+    for step in (after_sft.path, after_dpo.path):
+        assert (step / "adapter" / "adapter_config.json").exists() and (step / "adapter").stat().st_size
+    doc = {"version": 1, "base": {"source": str(base_path), "fingerprint": models.fingerprint(base_path)},
+           "checkpoints": {"M_1": {"fingerprint": models.fingerprint(after_dpo.path),
+                                   "adapters": ["../sft_model/adapter", "../dpo_model/adapter"]},
+                           "bad": {"fingerprint": "0" * 16, "adapters": ["../sft_model/adapter"]}}}
+    (tmp_path / "lin").mkdir()
+    (tmp_path / "lin" / "lineage.json").write_text(json.dumps(doc))
+    rebuilt = rebuild(tmp_path / "lin" / "lineage.json", "M_1", tmp_path / "rebuilt")
+    r = load_file(str(rebuilt / "model.safetensors"))
+    assert set(r) == set(d) and all(torch.equal(r[k], d[k]) for k in d)
+    with pytest.raises(LineageError, match="recorded 0000"):
+        rebuild(tmp_path / "lin" / "lineage.json", "bad", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing left behind
+
 
 def test_sft_leaves_out_examples_whose_prompt_fills_max_length(tmp_path: Path) -> None:
     from datasets import load_dataset

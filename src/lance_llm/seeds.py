@@ -7,6 +7,7 @@ appended to the instruction, as Self-Instruct presents it. Every error names the
 line (or row) and the missing field; nothing is skipped silently.
 
     seeds = load_seed(cfg.data)                   # the shipped default set when seed_path is None
+    # data.seed_path: [shipped, ../shared/data/self_instruct/seed_tasks.jsonl] reads both, in order
     examples = load_review_examples(cfg.data)     # the shipped review (EFT) examples
 """
 
@@ -94,8 +95,14 @@ def _join(instruction: str, context: str | None) -> str:
     return f"{instruction.strip()}\n\n{context.strip()}" if context and context.strip() else instruction.strip()
 
 
-def seed_file(cfg: DataConfig) -> Path:
-    return Path(cfg.seed_path) if cfg.seed_path else DEFAULT_SEED
+SHIPPED = "shipped"  # in data.seed_path: the seed set shipped with lance-llm
+
+
+def seed_files(cfg: DataConfig) -> list[Path]:
+    """The seed files `data.seed_path` names, in order (one path, or a list; "shipped" or no path =
+    the shipped set)."""
+    paths = cfg.seed_path if isinstance(cfg.seed_path, list) else [cfg.seed_path or SHIPPED]
+    return [DEFAULT_SEED if p == SHIPPED else Path(p) for p in paths]
 
 
 def review_examples_file(cfg: DataConfig) -> Path | None:
@@ -104,13 +111,21 @@ def review_examples_file(cfg: DataConfig) -> Path | None:
     return Path(cfg.review_examples_path) if cfg.review_examples_path else DEFAULT_REVIEW_EXAMPLES
 
 
+def _all_rows(paths: list[Path], fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in paths:
+        yield from _rows(path, fmt)
+
+
 def load_seed(cfg: DataConfig, seed: int = 0) -> list[Sample]:
-    path = seed_file(cfg)
-    if not path.exists():
-        raise RecordError(f"{path}: seed file not found")
+    """Every seed file's pairs, in file order (ids must be unique across the files), then the
+    seeded shuffle and `limit` over all of them."""
+    paths = seed_files(cfg)
+    for path in paths:
+        if not path.exists():
+            raise RecordError(f"{path}: seed file not found")
     samples: list[Sample] = []
     ids: set[str] = set()
-    for where, row in _rows(path, cfg.format):
+    for where, row in _all_rows(paths, cfg.format):
         if "instances" in row:  # Self-Instruct seed tasks
             instruction = _field(where, row, cfg.instruction_field)
             instances = row["instances"]
@@ -143,7 +158,7 @@ def load_seed(cfg: DataConfig, seed: int = 0) -> list[Sample]:
             ids.add(sid)
             samples.append(Sample(id=sid, instruction=instruction, response=response.strip()))
     if not samples:
-        raise RecordError(f"{path}: the seed set is empty")
+        raise RecordError(f"{', '.join(map(str, paths))}: the seed set is empty")
     if cfg.shuffle:
         samples.sort(key=lambda s: stable_int(seed, "seed-order", s.id))
     if cfg.limit is not None:

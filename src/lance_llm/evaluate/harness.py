@@ -1,4 +1,4 @@
-"""Multiple-choice benchmarks through lm-evaluation-harness (`--model hf`), offline, on local files.
+"""Multiple-choice benchmarks through lm-evaluation-harness, offline, on local files.
 
     from lance_llm.evaluate import harness
     per_item = harness.run(checkpoint, {"arc_easy": 8, "winogrande": 8}, seed=0)
@@ -8,14 +8,18 @@ Each benchmark is lm-eval's own task definition (prompt, choices, target, metric
 source swapped for the seeded subset file from `data.py` (`dataset_path: json`, `data_files`), so
 `HF_DATASETS_OFFLINE=1` holds and nothing is fetched. lm-eval scores every choice by its
 log-likelihood after the prompt (zero-shot, no chat template: the harness's standard setting for
-these tasks). The metric per benchmark is the one usually reported for it:
+these tasks); the log-likelihoods come from our scoring path (evaluate/mc.py, `engine="lance"`)
+or from lm-eval's `hf` model (`engine="hf"`), which that path is checked against. The metric per
+benchmark is the one usually reported for it:
   arc_easy, arc_challenge, hellaswag: acc_norm (length-normalised log-likelihood);
   winogrande (partial scoring of the sentence after the blank), mmlu (letter A-D): acc.
 MMLU is one task over a seeded subset of all 57 subjects' test questions, each prompt starting with
 lm-eval's subject line ("The following are multiple choice questions (with answers) about ...").
 Optional `gsm8k` (not in the defaults): lm-eval's gsm8k task, generation (greedy, at most 256 new
 tokens, no chat template), zero-shot (the wheel ships no train split), exact match of the last
-number in the answer (lm-eval's "flexible-extract" filter).
+number in the answer (lm-eval's "flexible-extract" filter). `lance eval` runs its generation
+through our batched backend instead (evaluate/gsm8k.py, same prompt, stops and scoring); the task
+here is what that path is checked against.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +36,22 @@ from .data import subset_file
 
 log = logging.getLogger(__name__)
 
+#: how the log-likelihoods are computed (see run)
+ENGINES = ("lance", "hf")
+
 # benchmark -> the lm-eval metric reported for it
 METRIC = {"arc_easy": "acc_norm", "arc_challenge": "acc_norm", "hellaswag": "acc_norm",
           "winogrande": "acc", "mmlu": "acc", "gsm8k": "exact_match"}
 
+# GSM8K as lm-eval's gsm8k.yaml defines it, zero-shot; read by task_config and by evaluate/gsm8k.py
 GSM8K_MAX_TOKENS = 256  # new tokens per GSM8K answer (greedy)
+GSM8K_UNTIL = ("Question:", "</s>", "<|im_end|>")
+GSM8K_EXTRACT = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"  # its "flexible-extract" filter: the last number
+GSM8K_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")  # exact_match's regexes_to_ignore
+
+
+def gsm8k_prompt(question: str) -> str:
+    return f"Question: {question}\nAnswer:"
 
 _MC_METRICS = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]
@@ -77,22 +93,31 @@ def task_config(benchmark: str, data_file: Path) -> dict[str, Any]:
         return {**base, "doc_to_text": _mmlu_text, "doc_to_choice": ["A", "B", "C", "D"],
                 "doc_to_target": "answer", "metric_list": _MC_METRICS[:1]}
     if benchmark == "gsm8k":  # lm_eval/tasks/gsm8k/gsm8k.yaml, zero-shot, its flexible-extract filter
-        return {**base, "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:",
+        return {**base, "output_type": "generate_until", "doc_to_text": gsm8k_prompt("{{question}}"),
                 "doc_to_target": "{{answer}}", "num_fewshot": 0,
-                "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>"], "do_sample": False,
+                "generation_kwargs": {"until": list(GSM8K_UNTIL), "do_sample": False,
                                       "temperature": 0.0, "max_gen_toks": GSM8K_MAX_TOKENS},
                 "filter_list": [{"name": "flexible-extract", "filter": [
-                    {"function": "regex", "group_select": -1, "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
+                    {"function": "regex", "group_select": -1, "regex_pattern": GSM8K_EXTRACT},
                     {"function": "take_first"}]}],
                 "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
                                  "ignore_case": True, "ignore_punctuation": False,
-                                 "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}]}
+                                 "regexes_to_ignore": list(GSM8K_IGNORE)}]}
     raise ValueError(f"unknown multiple-choice benchmark {benchmark!r}; known: {', '.join(METRIC)}")
 
 
 def run(checkpoint: Path, sizes: dict[str, int | None], seed: int, batch_size: int = 8,
-        dtype: str = "auto") -> dict[str, list[dict[str, Any]]]:
-    """Evaluate one checkpoint on the given benchmarks ({name: items or None for all}); per-item results."""
+        dtype: str = "auto", engine: str = "lance", fingerprint: str = "",
+        progress: Callable[[int, int], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Evaluate one checkpoint on the given benchmarks ({name: items or None for all}); per-item results.
+
+    engine "lance": the multiple-choice log-likelihoods through our scoring path (evaluate/mc.py,
+    `progress` gets (contexts done, contexts in all)); "hf": lm-eval's own `hf` model, which the
+    other is checked against, and the only one that generates (lm-eval's gsm8k)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    if engine == "lance" and "gsm8k" in sizes:
+        raise ValueError("gsm8k generates: engine='hf' here, or evaluate/gsm8k.py (what lance eval runs)")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import lm_eval
@@ -108,17 +133,28 @@ def run(checkpoint: Path, sizes: dict[str, int | None], seed: int, batch_size: i
     torch_dtype = str(pick_dtype(dtype)).removeprefix("torch.")
     for noisy in ("lm_eval", "lm-eval"):  # per-task INFO lines would drown our progress lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    with contextlib.redirect_stdout(io.StringIO()):  # lm-eval prints tables and notes to stdout
-        res = lm_eval.simple_evaluate(
-            model="hf", model_args={"pretrained": str(checkpoint), "dtype": torch_dtype},
-            tasks=tasks, batch_size=batch_size, device="cpu" if not _cuda() else "cuda",
-            log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed)
+    model: Any = "hf"
+    model_args = {"pretrained": str(checkpoint), "dtype": torch_dtype} if engine == "hf" else None
+    if engine == "lance":
+        from .mc import LanceLM
+
+        model = LanceLM(checkpoint, fingerprint, batch_size=batch_size, dtype=dtype, progress=progress)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # lm-eval prints tables and notes to stdout
+            res = lm_eval.simple_evaluate(
+                model=model, model_args=model_args,
+                tasks=tasks, batch_size=batch_size, device="cpu" if not _cuda() else "cuda",
+                log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed)
+    finally:
+        if engine == "lance":
+            model.close()
     out: dict[str, list[dict[str, Any]]] = {}
     for name in sizes:
         samples = sorted(res["samples"][f"lance_{name}"], key=lambda s: s["doc_id"])
         metric = METRIC[name]
-        out[name] = [{"idx": s["doc"]["_idx"], "correct": float(s[metric])} for s in samples]
+        out[name] = [{"idx": s["doc"]["_idx"], "correct": float(s[metric]),
+                      **({"response": s["resps"][0][0]} if name == "gsm8k" else {})} for s in samples]
     return out
 
 

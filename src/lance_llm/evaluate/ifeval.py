@@ -124,22 +124,11 @@ def generate(model_path: Path, fingerprint: str, docs: list[dict[str, Any]], max
              batch_size: int, dtype: str = "auto", progress: Callable[[int], None] | None = None) -> list[str]:
     """Greedy chat completions, one per prompt, in the order of `docs`."""
     from ..backends.base import GenerateRequest, Sampling
-    from ..backends.hf import HFBackend
+    from . import greedy
 
-    backend = HFBackend(model_path, fingerprint, batch_size=batch_size, dtype=dtype)
-    try:
-        sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, n=1, seed=0)
-        out: list[str] = []
-        chunk = batch_size * 2  # a few batches per call: progress without losing length-sorted batching
-        for start in range(0, len(docs), chunk):
-            reqs = [GenerateRequest(messages=(("user", d["prompt"]),), sampling=sampling)
-                    for d in docs[start:start + chunk]]
-            out.extend(r[0] for r in backend.generate(reqs))
-            if progress:
-                progress(len(reqs))
-        return out
-    finally:
-        backend.close()
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, n=1, seed=0)
+    reqs = [GenerateRequest(messages=(("user", d["prompt"]),), sampling=sampling) for d in docs]
+    return greedy.replies(model_path, fingerprint, reqs, batch_size, dtype, progress)
 
 
 def items(docs: list[dict[str, Any]], responses: list[str]) -> list[dict[str, Any]]:

@@ -76,11 +76,13 @@ def make_pairs(
 
 
 def next_seed(
-    reviewed_new: Sequence[Sample], seed0: Sequence[Sample], current: Sequence[Sample], rule: str, rng_seed: int
+    reviewed_new: Sequence[Sample], seed0: Sequence[Sample], current: Sequence[Sample], rule: str, rng_seed: int,
+    limit: int | None = None,
 ) -> list[Sample]:
-    """Seed_{t+1}: ("code") new pairs + reviewed Seed_0, or ("paper") Seed_t + new pairs; shuffled."""
+    """Seed_{t+1}: ("code") new pairs + reviewed Seed_0, or ("paper") Seed_t + new pairs; shuffled,
+    then the first `limit` (a seeded uniform sample) when a limit is set."""
     base = seed0 if rule == "code" else current
-    return shuffled(union_by_id(base, reviewed_new), rng_seed)
+    return shuffled(union_by_id(base, reviewed_new), rng_seed)[:limit]
 
 
 def seed_sft(seed0: Sequence[Sample], review_examples: Sequence[dict], system: str, review_prompt) -> list[SFTExample]:
@@ -125,7 +127,7 @@ def run_annotate(ctx: StageContext) -> dict:
     # Seed_0 as reviewed in this iteration's step 1 (ids of Seed_0 are kept through the loop)
     seed0_ids = {s.id for s in ctx.read("seed@0")}
     nxt = next_seed(reviewed, [s for s in seed if s.id in seed0_ids], seed, cfg.annotate.next_seed,
-                    stable_int(cfg.seed, "next", t))
+                    stable_int(cfg.seed, "next", t), cfg.annotate.next_seed_limit)
     sft = accumulate(ctx.read("sft@prev"), sft_new, stable_int(cfg.seed, "sft", t))
     dpo = accumulate(ctx.read("dpo@prev"), pairs, stable_int(cfg.seed, "dpo", t))
     for name, records in (("sft_new", sft_new), ("dpo_new", pairs), ("sft", sft), ("dpo", dpo), ("next_seed", nxt)):

@@ -10,6 +10,10 @@ high-quality seed's instruction). Each candidate keeps its parent seed id.
   the new instruction (replies without it are counted parse failures); then `n_responses`
   answers per new instruction, sampled with the system prompt.
 - high: the "degrade response" template, `n_degraded` samples, parsed the same way.
+- `generate.format`: "fill" (default) prefills the reply with the template's sections in two
+  calls: "Thought Process:" (the model's thought, stopped at its own "Final Answer"), then the
+  thought + "\nFinal Answer:" (the answer, stopped at the next section label), so the model only
+  fills the sections; an empty answer is the parse failure. "free": one reply, parsed after.
 
     low, high, unscored = split(seeds, cfg.generate.threshold)
     candidates, stats = generate(low, high, backend, cfg.generate, system, iteration=1, seed=0)
@@ -58,6 +62,14 @@ def parse_final_answer(text: str) -> str | None:
     return answer or None
 
 
+THOUGHT, FINAL = "Thought Process:", "Final Answer:"
+# fill: the model's own "Final Answer" ends its thought (we write the header ourselves) ...
+THOUGHT_STOP = ("Final Answer", "final answer", "FINAL ANSWER", "Final answer")
+# ... and the template's next section label ends its answer (parse_final_answer cuts the variants)
+ANSWER_STOP = ("\nOriginal instruction", "\nOriginal answer", "\nOriginal response", "\nInstruction:",
+               "\nThought Process", "\nFinal Answer", "\nExample ", "\nNow do the same")
+
+
 def split(seeds: Sequence[Sample], threshold: float) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """(low, high, unscored) in input order."""
     low, high, unscored = [], [], []
@@ -87,6 +99,31 @@ class GenerateStats:
         return dict(self.__dict__)
 
 
+def templated_replies(jobs: Sequence[tuple[Sample, str, int, str]], backend: Backend, cfg: GenerateConfig,
+                      system: str, iteration: int, seed: int) -> list[list[str]]:
+    """For each (seed sample, template, n, tag): `n` replies in the template's format (the "free"
+    reply, or, with format "fill", "Thought Process: ...\nFinal Answer: ..." assembled from the two
+    prefilled calls), ready for `parse_final_answer`."""
+    def chat(s: Sample, template: str) -> tuple[tuple[str, str], ...]:
+        return (("system", system), ("user", render(load(template), instruction=s.instruction, response=s.response)))
+
+    if cfg.format == "free":
+        return backend.generate([GenerateRequest(chat(s, tpl), _sampling(cfg.sampling, n, stable_int(seed, iteration,
+                                                                                                     tag, s.id)))
+                                 for s, tpl, n, tag in jobs])
+    thought_cfg = SamplingConfig(cfg.sampling.temperature, cfg.sampling.top_p, cfg.thought_max_new_tokens)
+    thoughts = backend.generate([
+        GenerateRequest(chat(s, tpl), _sampling(thought_cfg, n, stable_int(seed, iteration, tag, "thought", s.id)),
+                        prefix=THOUGHT, stop=THOUGHT_STOP)
+        for s, tpl, n, tag in jobs])
+    heads = [[f"{THOUGHT} {t.strip()}\n{FINAL}" for t in ts] for ts in thoughts]
+    answers = iter(backend.generate([
+        GenerateRequest(chat(s, tpl), _sampling(cfg.sampling, 1, stable_int(seed, iteration, tag, "answer", s.id, k)),
+                        prefix=head, stop=ANSWER_STOP)
+        for (s, tpl, _, tag), hs in zip(jobs, heads, strict=True) for k, head in enumerate(hs)]))
+    return [[head + next(answers)[0] for head in hs] for hs in heads]
+
+
 def _parse_all(replies: Sequence[str]) -> tuple[list[tuple[int, str]], int]:
     """(index, parsed Final Answer) for the replies that have one, and the number that do not."""
     parsed = [(k, parse_final_answer(text)) for k, text in enumerate(replies)]
@@ -109,19 +146,10 @@ def generate(
 ) -> tuple[list[Sample], GenerateStats]:
     stats = GenerateStats(low_seeds=len(low), high_seeds=len(high))
     fp = backend.fingerprint
-
-    def prompted(samples: Sequence[Sample], template: str, n: int, tag: str) -> list[GenerateRequest]:
-        return [
-            GenerateRequest(
-                (("system", system), ("user", render(load(template), instruction=s.instruction, response=s.response))),
-                _sampling(cfg.sampling, n, stable_int(seed, iteration, tag, s.id)),
-            )
-            for s in samples
-        ]
-
     # every request of both branches goes to the backend in one call, so it can batch them all
-    replies = backend.generate(prompted(low, "new_instruction", cfg.n_instructions, "instruction")
-                               + prompted(high, "degrade_response", cfg.n_degraded, "degrade"))
+    jobs = [(s, "new_instruction", cfg.n_instructions, "instruction") for s in low]
+    jobs += [(s, "degrade_response", cfg.n_degraded, "degrade") for s in high]
+    replies = templated_replies(jobs, backend, cfg, system, iteration, seed)
     instr_replies, degrade_replies = replies[: len(low)], replies[len(low) :]
 
     # low branch: parse new instructions, then answer each of them

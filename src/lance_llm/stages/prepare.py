@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..records import stable_int
-from ..seeds import load_review_examples, load_seed, review_examples_file, seed_file
+from ..seeds import load_review_examples, load_seed, review_examples_file, seed_files
 from ..stage import Stage, StageContext
 from . import annotate, review
 
@@ -28,7 +28,8 @@ def run_prepare(ctx: StageContext) -> dict:
 
 def _files(cfg) -> dict[str, Path]:
     examples = review_examples_file(cfg.data)
-    return {"seed_file": seed_file(cfg.data), **({"review_examples": examples} if examples else {})}
+    seeds = {("seed_file" if k == 0 else f"seed_file_{k}"): p for k, p in enumerate(seed_files(cfg.data))}
+    return {**seeds, **({"review_examples": examples} if examples else {})}
 
 
 PREPARE = Stage(name="prepare", reads=(), writes=("seed", "sft", "dpo"), config=("data", "seed"),

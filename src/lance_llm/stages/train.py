@@ -31,6 +31,7 @@ from ..config import Config, StepConfig, TrainConfig
 from ..records import atomic_dir, stable_int
 from ..stage import Column, Stage, StageContext
 
+ADAPTER = "adapter"  # with LoRA, the trained adapter's folder inside a saved checkpoint
 log = logging.getLogger(__name__)
 # TRL still passes `gradient_checkpointing`; the rename warning is transformers' business, not the user's
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
@@ -234,9 +235,12 @@ def _save(trainer, tokenizer, out: Path) -> None:
         model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
     if not trainer.is_world_process_zero():
         return
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
     with atomic_dir(out) as tmp:
+        if hasattr(model, "merge_and_unload"):
+            # LoRA: the adapter alone too (a few MB), so that base + the adapters of a lineage, merged
+            # in order, rebuild this checkpoint (lance_llm.lineage)
+            model.save_pretrained(tmp / ADAPTER, safe_serialization=True)
+            model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
 
@@ -351,8 +355,8 @@ def run_train(ctx: StageContext) -> dict:
                           cfg.model.trust_remote_code)
         return {"sft": sft.to_dict(), "dpo": dpo.to_dict()}
     ctx.echo(f"[iter {t}] train: no preference pairs, DPO skipped")
-    with atomic_dir(out) as tmp:
-        shutil.copytree(sft.path, tmp, dirs_exist_ok=True)
+    with atomic_dir(out) as tmp:  # the same weights: no adapter of its own
+        shutil.copytree(sft.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ADAPTER))
     return {"sft": sft.to_dict(), "dpo": None}
 
 
