@@ -169,6 +169,16 @@ def test_generate_sends_sampling_and_fills_n_from_single_choice_server(serve: An
     assert b.tokens == {"prompt": 15, "generated": 9}
 
 
+def test_generate_sends_stop_strings_and_cuts_at_them(serve: Any) -> None:
+    srv = serve(lambda p, body, n: (200, chat_reply(["Thought: x\nFinal Answer: y"]), {}))  # a server that ignores stop
+    b = make(srv.url)
+    req = GenerateRequest((("user", "q"),), Sampling(0.0, 1.0, 8), stop=("Final Answer", "\nExample"))
+    assert b.generate([req]) == [["Thought: x"]]
+    assert srv.posts("/chat/completions")[0]["stop"] == ["Final Answer", "\nExample"]
+    assert req.key()["stop"] == ["Final Answer", "\nExample"]
+    assert "stop" not in GenerateRequest((("user", "q"),), Sampling()).key()  # old cache keys unchanged
+
+
 def test_generate_takes_all_n_choices_when_the_server_returns_them(serve: Any) -> None:
     srv = serve(lambda p, body, n: (200, chat_reply([f"s{i}" for i in range(body["n"])]), {}))
     b = make(srv.url)
@@ -389,7 +399,7 @@ def test_serve_command_starts_waits_and_stops_the_server(tmp_path: Any) -> None:
     server = ManagedServer(command, tmp_path / "ckpt", f"http://127.0.0.1:{port}", wait_s=30)
     assert server.proc.poll() is None
     server.stop()
-    assert server.proc.poll() is not None
+    assert server.proc.poll() is not None and not server.log_path.exists()  # a clean stop leaves no log
     server.stop()  # idempotent
 
 
@@ -403,3 +413,64 @@ def test_serve_command_that_exits_or_never_answers_fails_clearly(tmp_path: Any) 
     with pytest.raises(RuntimeError, match="no answer at"):
         ManagedServer(f"{sys.executable} -c 'import time; time.sleep(60)'", tmp_path,
                       f"http://127.0.0.1:{free_port()}/v1", wait_s=1)
+
+
+# A served model for the managed-server tests: answers GET /models and chat completions; the first
+# `crashes` POSTs (counted in a file, so across restarts) end the process with status 7 instead.
+DYING_SERVER = """
+import http.server, json, os, pathlib, sys
+port, count, crashes = int(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    def send(self, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self.send({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "t"}]})
+    def do_POST(self):
+        n = int(count.read_text()) if count.exists() else 0
+        count.write_text(str(n + 1))
+        if n < crashes:
+            print("crash number", n + 1, flush=True)
+            os._exit(7)
+        self.send(json.loads(sys.argv[4]))
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def _dying(tmp_path: Any, crashes: int) -> OpenAIBackend:
+    import shlex
+    import sys
+
+    from lance_llm.backends.openai_compat import ManagedServer
+
+    (tmp_path / "srv.py").write_text(DYING_SERVER)
+    port = free_port()
+    command = shlex.join([sys.executable, str(tmp_path / "srv.py"), str(port), str(tmp_path / "posts"), str(crashes),
+                          json.dumps(chat_reply(["hello"]))])
+    url = f"http://127.0.0.1:{port}/v1"
+    return OpenAIBackend(OpenAIBackendConfig(base_url=url, max_retries=0), "served:x",
+                         server=ManagedServer(command, tmp_path, url, wait_s=30))
+
+
+def test_a_managed_server_that_dies_is_started_again_and_its_output_kept(tmp_path: Any) -> None:
+    b = _dying(tmp_path, crashes=1)
+    log_path = b.server.log_path
+    assert b.generate([GenerateRequest((("user", "q"),), Sampling(0.0, 1.0, 8))]) == [["hello"]]
+    assert b.server.restarts == 1 and (tmp_path / "posts").read_text() == "2"
+    proc = b.server.proc
+    b.close()
+    assert proc.poll() is not None
+    assert "crash number 1" in log_path.read_text()  # kept: it explains the restart
+
+
+def test_a_managed_server_that_keeps_dying_fails_with_its_status_and_output(tmp_path: Any) -> None:
+    from lance_llm.backends.openai_compat import MAX_RESTARTS
+
+    b = _dying(tmp_path, crashes=MAX_RESTARTS + 1)
+    with pytest.raises(RuntimeError, match=r"exited with status 7[\s\S]*crash number 3[\s\S]*restarted 2 times"):
+        b.generate([GenerateRequest((("user", "q"),), Sampling(0.0, 1.0, 8))])
+    b.close()

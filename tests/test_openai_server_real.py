@@ -71,7 +71,9 @@ def server(checkpoint: models.ResolvedModel, tmp_path_factory: pytest.TempPathFa
     backend = make_backend(cfg, checkpoint.path, backend_fingerprint(cfg, checkpoint.path))
     backend.fingerprint_for_test = backend_fingerprint(cfg, checkpoint.path)
     yield backend
-    proc = backend.server.proc
+    proc, restarts = backend.server.proc, backend.server.restarts
+    if restarts:  # the backend started the server again after it died: show why (its output is kept)
+        print(f"\nthe server was restarted {restarts} times; its output: {backend.server.log_path.read_text()[-4000:]}")
     backend.close()
     assert proc.poll() is not None, "the server process outlived close()"
 

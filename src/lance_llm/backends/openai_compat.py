@@ -43,6 +43,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -67,6 +68,9 @@ class ScoringUnsupportedError(RuntimeError):
 # repetition_penalty. Servers ignore the names they do not know; OpenAI's own API refuses them
 # (set backend.openai.plain_sampling=false there).
 PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0}
+
+# How often a server that lance started and that died is started again, per backend.
+MAX_RESTARTS = 2
 
 
 def remote_fingerprint(model: str, base_url: str, revision: str = "") -> str:
@@ -101,31 +105,61 @@ class ManagedServer:
 
     The command serves the checkpoint the loop is at (see serve_argv), so each iteration serves its
     freshly trained weights, and the server (and its GPU memory) is gone while the next model
-    trains. The command runs in its own process group; stop() ends the group.
+    trains. The command runs in its own process group; stop() ends the group. Its output goes to a
+    log file (`log_path`, a temporary file removed by a clean stop), so that a server that dies can
+    be explained: `died()` says how, with the log's last lines, and `restart()` starts it again.
     """
 
     def __init__(self, command: str, model_path: str | Path, base_url: str, wait_s: float) -> None:
-        argv = serve_argv(command, model_path)
-        log.info("starting server: %s", " ".join(argv))
-        self.proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        deadline = time.monotonic() + wait_s
-        url = base_url.rstrip("/") + "/models"
+        self.command, self.wait_s, self.restarts = command, wait_s, 0
+        self.argv = serve_argv(command, model_path)
+        self.url = base_url.rstrip("/") + "/models"
+        fd, name = tempfile.mkstemp(prefix="lance-server-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        self._start()
+
+    def _start(self) -> None:
+        log.info("starting server (its output: %s): %s", self.log_path, " ".join(self.argv))
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        deadline = time.monotonic() + self.wait_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"backend.openai.serve_command exited with status {self.proc.returncode}: {command}")
+                raise RuntimeError(f"backend.openai.serve_command exited with status {self.proc.returncode}: "
+                                   f"{self.command}{self._tail()}")
             try:
-                with urllib.request.urlopen(url, timeout=5) as r:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
                     if r.status == 200:
                         return
             except OSError:
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"backend.openai.serve_command: no answer at {url} after {wait_s:.0f} s: {command}")
+                self.stop(keep_log=True)
+                raise RuntimeError(f"backend.openai.serve_command: no answer at {self.url} after {self.wait_s:.0f} s: "
+                                   f"{self.command}{self._tail()}")
             time.sleep(0.5)
 
-    def stop(self) -> None:
+    def _tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return f"\nlast lines of its output ({self.log_path}):\n" + "\n".join(text) if text else ""
+
+    def died(self) -> str | None:
+        """None while the server runs; else how it ended, with the last lines of its output."""
+        if self.proc.poll() is None:
+            return None
+        return f"the server ({self.command}) exited with status {self.proc.returncode}{self._tail()}"
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self._start()
+
+    def stop(self, keep_log: bool = False) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -133,6 +167,8 @@ class ManagedServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        if not keep_log and not self.restarts:  # a log that explains a restart is kept for the user
+            self.log_path.unlink(missing_ok=True)
 
 
 class OpenAIBackend(ChatTemplate, Backend):
@@ -174,7 +210,25 @@ class OpenAIBackend(ChatTemplate, Backend):
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
-        return self._map(self._generate_one, requests)
+        return self._revive(lambda: self._map(self._generate_one, requests))
+
+    def _revive(self, call: Callable[[], Any]) -> Any:
+        """call(); if it fails because the server we started has died, say how, start it again and
+        repeat the call (requests are pure, so a batch cut short is simply asked again), at most
+        MAX_RESTARTS times per backend."""
+        import openai
+
+        while True:
+            try:
+                return call()
+            except openai.APIConnectionError as e:
+                why = self.server.died() if self.server is not None else None
+                if why is None:
+                    raise
+                if self.server.restarts >= MAX_RESTARTS:
+                    raise RuntimeError(f"{why}\n(restarted {self.server.restarts} times already)") from e
+                log.warning("%s\nstarting it again", why)
+                self.server.restart()
 
     def _generate_one(self, req: GenerateRequest) -> list[str]:
         s = req.sampling
@@ -184,6 +238,8 @@ class OpenAIBackend(ChatTemplate, Backend):
             common = dict(model=self.model, n=s.n - len(out), temperature=s.temperature,
                           top_p=s.top_p if s.temperature > 0 else 1.0, max_tokens=s.max_new_tokens,
                           seed=s.seed + len(out), extra_body=PLAIN_SAMPLING if self.cfg.plain_sampling else None)
+            if req.stop:
+                common["stop"] = list(req.stop)
             if req.prefix:  # chat completions cannot start the reply: the prompt rendered here, as in scoring
                 resp = self.client.completions.create(prompt=self.render(req.messages) + req.prefix, **common)
                 texts = [c.text or "" for c in resp.choices]
@@ -208,6 +264,9 @@ class OpenAIBackend(ChatTemplate, Backend):
         return self._tok
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        return self._revive(lambda: self._score(requests))
+
+    def _score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
         if any(r.certainty for r in requests):
             raise ScoringUnsupportedError("self-certainty needs the whole next-token distribution: use backend.kind=hf")
         # The server scores text. Whole responses (the likelihood judge: per-token means, the
