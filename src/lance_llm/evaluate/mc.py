@@ -65,14 +65,14 @@ class LanceLM(TemplateLM):
         for done, members in enumerate(groups.values(), 1):
             # lm-eval's window: the last max_length + 1 tokens, the final one only predicted
             fulls = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):] for i in members]
+            spans = [range(len(f) - len(requests[i][2]), len(f)) for i, f in zip(members, fulls, strict=True)]
             kept, rows = covering_rows([f[:-1] for f in fulls])
             needs: list[dict[int, set[int]]] = [{} for _ in kept]
-            for i, full, r in zip(members, fulls, rows, strict=True):
-                for p in range(len(full) - len(requests[i][2]), len(full)):
+            for full, r, span in zip(fulls, rows, spans, strict=True):
+                for p in span:
                     needs[r].setdefault(p - 1, set()).update((full[p], ARGMAX))
             logps = self.backend.logprobs_at(kept, needs)
-            for i, full, r in zip(members, fulls, rows, strict=True):
-                span = range(len(full) - len(requests[i][2]), len(full))
+            for i, full, r, span in zip(members, fulls, rows, spans, strict=True):
                 ll = sum(logps[r][p - 1][full[p]] for p in span)
                 out[i] = (ll, all(int(logps[r][p - 1][ARGMAX]) == full[p] for p in span))
             if self.progress and (done % PROGRESS_EVERY == 0 or done == len(groups)):
