@@ -37,6 +37,7 @@ def _stages(run_dir: Path, distributed: str) -> tuple[list[dict], list[dict], di
         "backend": {"batch_size": 2, "hf": {"threads": 1}, "distributed": distributed, "num_actors": 2},
         "review": {"mode": "expected"},
         "generate": {"n_instructions": 2, "n_responses": 1, "n_degraded": 2, "threshold": 0.0,
+                     "thought_max_new_tokens": 12,
                      "sampling": {"max_new_tokens": 12}, "response_sampling": {"max_new_tokens": 8}},
     })
     model = models.resolve(cfg.model.source)
