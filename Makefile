@@ -94,10 +94,11 @@ lint: setup
 # The self-improvement experiment (issue 15): Qwen2.5-Coder-0.5B, then SmolLM2-135M; per model M_0, 3 LANCE
 # iterations (LoRA), the seed-only control, every checkpoint evaluated, adapters kept under results/.
 # Hours on 2 CPU cores (results/experiment.md says how many per part); every part resumes, so it can
-# be run in parts: stop it, run it again. Writes results/experiment.md.
+# be run in parts: stop it, run it again; EXPERIMENT_ARGS="--stop-after 7200" stops after 2 h and
+# parks the run under results/NAME/state, from which the next machine continues. Writes results/experiment.md.
 experiment: setup
 	$(BIN)/lance models pull qwen2.5-coder-0.5b
-	flock /tmp/lance-cpu.lock $(BIN)/python scripts/experiment.py
+	flock /tmp/lance-cpu.lock $(BIN)/python scripts/experiment.py $(EXPERIMENT_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
     make experiment                                       # = python scripts/experiment.py
     python scripts/experiment.py --configs configs/experiment-smollm2.yaml --parts run,control
     python scripts/experiment.py --report-only            # results/experiment.md from what is on disk
+    python scripts/experiment.py --stop-after 7200        # 2 h, then stop and park (run again to go on)
 
 Per experiment config (Qwen2.5-Coder-0.5B, then SmolLM2-135M), on the same budget:
 - run      `lance run CONFIG`: M_0 = LoRA SFT of the base on the seed + review examples, then LANCE
@@ -19,6 +20,9 @@ Per experiment config (Qwen2.5-Coder-0.5B, then SmolLM2-135M), on the same budge
 - judge    the judge's own-sample precision per checkpoint (`lance judge --own`, test split);
 - export   LoRA adapters and lineage.json to results/NAME/checkpoints (lance_llm.lineage), and
            the run's small files (funnels, manifests, eval results and per-item verdicts);
+- park     the whole run directory but its merged weights, and the evaluation results cached for
+           its checkpoints, to results/NAME/state (lance_llm.park): run it (`--parts park`)
+           before the machine goes, commit results/, and the next machine continues from there;
 - report   results/experiment.md: the table on the reported split, paired tests against M_0 and
            the control, the checkpoint chosen by the rule fixed below, the funnel, the share of
            self-written data, judge precision, drift, commands, times and the machine.
@@ -30,7 +34,9 @@ in the table is on the other 60% of IFEval and on the other benchmarks, which no
 
 Every part resumes: `lance run` and `lance eval` skip what is done (run directory manifests, the
 evaluation cache), the control is kept once trained for the right number of steps, and the report
-is rebuilt from disk. Stop it at any point and run the same command again to continue.
+is rebuilt from disk. Stop it at any point and run the same command again to continue. On a machine
+without the run directory, a parked run (results/NAME/state/park.json) is first restored: its
+weights rebuilt from the adapters and checked against the recorded fingerprints and manifests.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from lance_llm.rundir import RunDir  # noqa: E402
 from lance_llm.stages import ITERATION, PREPARE  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/experiment-qwen.yaml", "configs/experiment-smollm2.yaml"]
-PARTS = ("run", "control", "select", "eval", "judge", "export", "report")
+PARTS = ("run", "control", "select", "eval", "judge", "export", "park", "report")
 BENCHMARKS = "arc_easy,arc_challenge,hellaswag,winogrande,mmlu,gsm8k"
 HEADLINE = ("ifeval_prompt_strict", "ifeval_inst_strict", "arc_easy", "arc_challenge", "hellaswag", "winogrande",
             "mmlu", "gsm8k")
@@ -117,14 +123,31 @@ def train_control(config: str) -> dict[str, Any]:
 
 
 # -- running the parts -------------------------------------------------------------------------
-def step(cmd: list[str], log: Path) -> float:
-    """Run one command, its output appended to `log`; return its wall time; stop on failure."""
+class DeadlineError(Exception):
+    """--stop-after ran out during a command (which was stopped)."""
+
+
+def step(cmd: list[str], log: Path, deadline: float | None = None) -> float:
+    """Run one command, its output appended to `log`; return its wall time; stop on failure. Past
+    `deadline` (time.time()) the command is terminated and DeadlineError raised: every part resumes from
+    what it finished (stage manifests, the LLM call cache, the evaluation cache)."""
     print("$", shlex.join(cmd), flush=True)
     t0 = time.time()
     with log.open("a", encoding="utf-8") as fh:
         fh.write(f"\n$ {shlex.join(cmd)}\n")
         fh.flush()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(None if deadline is None else max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            fh.write(f"\n[experiment] stopped at the --stop-after deadline after {time.time() - t0:.0f} s\n")
+            raise DeadlineError(shlex.join(cmd)) from None
     if proc.returncode != 0:
         sys.exit(f"experiment: `{shlex.join(cmd)}` failed with exit code {proc.returncode}; see {log}")
     return time.time() - t0
@@ -156,7 +179,13 @@ def commands(config: str, cfg: Config, args: argparse.Namespace) -> dict[str, li
                   for label, model in judged],
         "export": [[sys.executable, "-m", "lance_llm.lineage", "export", run_dir,
                     str(results_dir(cfg, args.out.parent) / "checkpoints")]],
+        "park": [[sys.executable, "-m", "lance_llm.park", "save", run_dir, str(parked(cfg, args.out.parent))]],
     }
+
+
+def parked(cfg: Config, results: Path) -> Path:
+    """Where the park part keeps the run for the next machine (lance_llm.park)."""
+    return results_dir(cfg, results) / "state"
 
 
 def results_dir(cfg: Config, results: Path) -> Path:
@@ -395,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmarks", default=BENCHMARKS, help=f"lance eval --benchmarks (default {BENCHMARKS})")
     p.add_argument("--judge-limit", type=int, default=30, help="own-sample judge: IFEval+GSM8K test prompts")
     p.add_argument("--report-only", action="store_true", help="= --parts report")
+    p.add_argument("--stop-after", type=float, metavar="SECONDS",
+                   help="stop the command running after this long, park the run (results/NAME/state) and "
+                   "write the report: for a machine lent for a while; run again, here or elsewhere, to go on")
     p.add_argument("--train-control", metavar="CONFIG", help=argparse.SUPPRESS)  # the control part's worker
     p.add_argument("--out", type=Path, default=ROOT / "results" / "experiment.md",
                    help="the report; results/NAME/ (adapters, small files) go beside it")
@@ -409,17 +441,37 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out.with_suffix(".log")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    deadline = None if args.stop_after is None else time.time() + args.stop_after
+    stopped = False
     for config in args.configs:
         cfg = load_config(ROOT / config)
-        for part in PARTS[:-1]:
-            if part not in parts:
-                continue
-            for cmd in commands(config, cfg, args)[part]:  # rebuilt per part: judge/eval see new checkpoints
-                key = f"{Path(config).stem} {part}"
-                times[key] = times.get(key, 0.0) + step(cmd, log)
-            if part == "export":
-                add_control_to_lineage(cfg, args.out.parent)
-                keep_small_files(cfg, args.out.parent)
+        state = parked(cfg, args.out.parent)
+        away = not (ROOT / cfg.run_dir / "run.json").exists()
+        if set(parts) - {"report"} and away and (state / "park.json").exists():
+            # another machine ran the first parts: continue from what it parked
+            key = f"{Path(config).stem} restore"
+            times[key] = step([sys.executable, "-m", "lance_llm.park", "restore", str(state), cfg.run_dir], log)
+        elif away and (results_dir(cfg, args.out.parent) / "run" / "eval" / "items.json").exists():
+            # finished and exported on another machine, not parked: its report is rebuilt from results/
+            print(f"{config}: done elsewhere (results/{results_dir(cfg, args.out.parent).name}/run); "
+                  "delete that folder to run it again", flush=True)
+            continue
+        try:
+            for part in PARTS[:-1]:
+                if part not in parts:
+                    continue
+                for cmd in commands(config, cfg, args)[part]:  # rebuilt per part: judge/eval see new checkpoints
+                    key = f"{Path(config).stem} {part}"
+                    times[key] = times.get(key, 0.0) + step(cmd, log, deadline)
+                if part == "export":
+                    add_control_to_lineage(cfg, args.out.parent)
+                    keep_small_files(cfg, args.out.parent)
+        except DeadlineError as e:
+            print(f"experiment: --stop-after reached during `{e}`; parking {cfg.run_dir} in {state}", flush=True)
+            keep_small_files(cfg, args.out.parent)
+            times[f"{Path(config).stem} park"] = step(commands(config, cfg, args)["park"][0], log)
+            stopped = True
+            break
     if "report" in parts:
         head = ["# The self-improvement experiment", "", f"Machine: {machine()}.", ""]
         findings = args.out.parent / "findings.md"
@@ -433,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(text + "\n", encoding="utf-8")
         tmp.replace(args.out)
         print(f"wrote {args.out}")
+    if stopped:
+        print("experiment: stopped before the end; run the same command again (here, or on another machine "
+              "after committing results/) to continue", flush=True)
     return 0
 
 

@@ -192,6 +192,16 @@ def lance_script() -> ScriptedBackend:
 
 
 @pytest.fixture
+def seed_file(tmp_path: Path) -> Path:
+    """Two seeds the scripted judge scores 9 (degrade branch) and two it scores 3 (rewrite branch)."""
+    path = tmp_path / "seed.jsonl"
+    rows = [{"id": f"s{i}", "instruction": f"Explain topic number {i} in a short paragraph for a student.",
+             "response": f"Topic {i} is explained here in plain words. [{'hi' if i < 2 else 'lo'}]"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
 def fake_base(tmp_path: Path) -> Path:
     return fake_checkpoint(tmp_path / "base")
 

@@ -39,7 +39,8 @@ def diff(a: dict, b: dict) -> set[str]:
 def test_the_two_models_configs_differ_only_in_model_and_run_dir() -> None:
     qwen = load_config(ROOT / "configs" / "experiment-qwen.yaml")
     smol = load_config(ROOT / "configs" / "experiment-smollm2.yaml")
-    assert diff(qwen.to_dict(), smol.to_dict()) == {"model.source", "run_dir"}
+    # Qwen's dtype is pinned (float32) so that its run, parked, resumes on a CPU of another kind
+    assert diff(qwen.to_dict(), smol.to_dict()) == {"model.source", "model.dtype", "run_dir"}
     # what the issue asks of the run itself
     assert qwen.iterations >= 3 and qwen.train.method == "lora" and qwen.train.m0_sft
     assert qwen.data.seed_path == "../shared/data/self_instruct/seed_tasks.jsonl"
@@ -114,12 +115,28 @@ def test_only_base_m0_and_the_chosen_checkpoint_get_the_full_evaluation(exp: Any
     assert "| M_1 | 0.000 | - | - |" in exp.results_table(merged)  # M_1: IFEval only
 
 
+def test_a_command_past_the_deadline_is_stopped_and_said_so(exp: Any, tmp_path: Path) -> None:
+    import sys
+    import time
+
+    log = tmp_path / "x.log"
+    t0 = time.time()
+    with pytest.raises(exp.DeadlineError):
+        exp.step([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], log,
+                 deadline=time.time() + 2)
+    assert time.time() - t0 < 30
+    text = log.read_text()
+    assert "started" in text and "stopped at the --stop-after deadline" in text
+    assert exp.step([sys.executable, "-c", "pass"], log, deadline=time.time() + 60) < 30  # in time: no error
+
+
 @pytest.mark.slow
 def test_the_experiment_runs_end_to_end_at_toy_size_and_resumes(tmp_path: Path) -> None:
     """Every part on the embedded model at toy size (1 iteration, 1 step per training, a few items
     per benchmark): M_0, M_1 and the control are trained with LoRA, evaluated, judged, exported with
     their adapters (M_1 rebuilt from them bit for bit), and reported; a second run redoes nothing."""
     import json
+    import shutil
     import subprocess
     import sys
 
@@ -186,3 +203,27 @@ def test_the_experiment_runs_end_to_end_at_toy_size_and_resumes(tmp_path: Path) 
     for row in ("| M_1 vs M_0 |", "| M_1 vs control |", "Chosen: **M_1**", "| 1 |", "Seed-only control: M_0 +"):
         assert row in text, row
     assert text.split("### Results on the reported split")[1] == report.split("### Results on the reported split")[1]
+
+    # a machine without the run directory and without the evaluations cached continues from what
+    # the park part kept: weights rebuilt from the adapters, nothing trained or evaluated again
+    state = tmp_path / "results" / "toy" / "state"
+    doc = json.loads((state / "park.json").read_text())
+    assert [e["checkpoint"] for e in doc["checkpoints"]] == ["iter_00/model", "iter_01/model_sft", "iter_01/model",
+                                                              "control/model"]
+    assert not list((state / "run").glob("**/model*/*.safetensors"))  # no merged weights, only adapters
+    assert (state / "run" / "iter_01" / "model" / "adapter" / "adapter_model.safetensors").exists()
+    cached = models.cache_root() / "eval" / "results"
+    for e in doc["checkpoints"]:
+        shutil.rmtree(cached / e["fingerprint"], ignore_errors=True)
+    manifest = (tmp_path / "elsewhere" / "iter_01" / "train.manifest.json").read_text()
+    before = len(log.read_text())
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    third = log.read_text()[before:]
+    assert "lance_llm.park restore" in third and "rebuilding iter_01/model " in third
+    assert "IFEval prompt-level strict" not in third and "lm-eval done" not in third
+    assert (run / "iter_01" / "train.manifest.json").read_text() == manifest  # not retrained
+    for e in doc["checkpoints"]:
+        assert models.fingerprint(run / e["checkpoint"]) == e["fingerprint"]
+    results = out.read_text().split("### Results on the reported split")[1]
+    assert results == report.split("### Results on the reported split")[1]

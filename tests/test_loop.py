@@ -27,16 +27,6 @@ class Killed(BaseException):
     """What a SIGKILL looks like from inside: nothing after it runs (not caught as an Exception)."""
 
 
-@pytest.fixture
-def seed_file(tmp_path: Path) -> Path:
-    """Two seeds the scripted judge scores 9 (degrade branch) and two it scores 3 (rewrite branch)."""
-    path = tmp_path / "seed.jsonl"
-    rows = [{"id": f"s{i}", "instruction": f"Explain topic number {i} in a short paragraph for a student.",
-             "response": f"Topic {i} is explained here in plain words. [{'hi' if i < 2 else 'lo'}]"} for i in range(4)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def config(tmp_path: Path, seed_file: Path, base: Path, name: str = "run", *extra: str) -> Config:
     return build_config({
         "run_dir": str(tmp_path / name), "iterations": 2, "model": {"source": str(base)},
