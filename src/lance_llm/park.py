@@ -141,6 +141,7 @@ def _rebuild(ckpt: Path, parent: Path, how: str) -> None:
     with tempfile.TemporaryDirectory(dir=ckpt.parent, prefix=f".{ckpt.name}.") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for w in _weights(Path(tmp)):
+            w.chmod(0o644)  # mkdtemp's folder is private; the weights need not be
             w.replace(ckpt / w.name)
 
 
