@@ -42,12 +42,14 @@ weights rebuilt from the adapters and checked against the recorded fingerprints 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -127,6 +129,21 @@ class DeadlineError(Exception):
     """--stop-after ran out during a command (which was stopped)."""
 
 
+STOPPED = 75  # exit status after --stop-after stopped the experiment (EX_TEMPFAIL: run it again)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the command's process group, SIGKILL after 60 s."""
+    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def step(cmd: list[str], log: Path, deadline: float | None = None) -> float:
     """Run one command, its output appended to `log`; return its wall time; stop on failure. Past
     `deadline` (time.time()) the command is terminated and DeadlineError raised: every part resumes from
@@ -136,18 +153,17 @@ def step(cmd: list[str], log: Path, deadline: float | None = None) -> float:
     with log.open("a", encoding="utf-8") as fh:
         fh.write(f"\n$ {shlex.join(cmd)}\n")
         fh.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        # its own process group: stopping it stops what it started too (trainer ranks, servers)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             proc.wait(None if deadline is None else max(1.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
             fh.write(f"\n[experiment] stopped at the --stop-after deadline after {time.time() - t0:.0f} s\n")
             raise DeadlineError(shlex.join(cmd)) from None
+        except BaseException:  # Ctrl-C, or the driver killed: take the command down with it
+            _stop(proc)
+            raise
     if proc.returncode != 0:
         sys.exit(f"experiment: `{shlex.join(cmd)}` failed with exit code {proc.returncode}; see {log}")
     return time.time() - t0
@@ -181,6 +197,16 @@ def commands(config: str, cfg: Config, args: argparse.Namespace) -> dict[str, li
                     str(results_dir(cfg, args.out.parent) / "checkpoints")]],
         "park": [[sys.executable, "-m", "lance_llm.park", "save", run_dir, str(parked(cfg, args.out.parent))]],
     }
+
+
+def finished_elsewhere(cfg: Config, results: Path) -> bool:
+    """Every part ran and was exported (the control's adapters in lineage.json, the full evaluation
+    and the control's kept): what a machine without the run directory has nothing left to do for."""
+    lineage, kept = results_dir(cfg, results) / "checkpoints" / "lineage.json", results_dir(cfg, results) / "run"
+    if not lineage.is_file() or not (kept / "eval" / "items.json").is_file():
+        return False
+    return "control" in json.loads(lineage.read_text(encoding="utf-8")).get("checkpoints", {}) and \
+        (kept / "eval_control" / "items.json").is_file()
 
 
 def parked(cfg: Config, results: Path) -> Path:
@@ -425,8 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-limit", type=int, default=30, help="own-sample judge: IFEval+GSM8K test prompts")
     p.add_argument("--report-only", action="store_true", help="= --parts report")
     p.add_argument("--stop-after", type=float, metavar="SECONDS",
-                   help="stop the command running after this long, park the run (results/NAME/state) and "
-                   "write the report: for a machine lent for a while; run again, here or elsewhere, to go on")
+                   help="stop the command running after this long, park the run (results/NAME/state; takes a "
+                   "minute or two more) and write the report if asked for; exit status 75: run again, here or "
+                   "elsewhere, to go on")
     p.add_argument("--train-control", metavar="CONFIG", help=argparse.SUPPRESS)  # the control part's worker
     p.add_argument("--out", type=Path, default=ROOT / "results" / "experiment.md",
                    help="the report; results/NAME/ (adapters, small files) go beside it")
@@ -447,30 +474,35 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ROOT / config)
         state = parked(cfg, args.out.parent)
         away = not (ROOT / cfg.run_dir / "run.json").exists()
-        if set(parts) - {"report"} and away and (state / "park.json").exists():
+        if not set(parts) - {"report"}:
+            pass
+        elif away and finished_elsewhere(cfg, args.out.parent):
+            # every part ran on another machine: its report is rebuilt from results/, nothing to restore
+            print(f"{config}: finished on another machine ({results_dir(cfg, args.out.parent)}); delete that "
+                  "folder to run it again", flush=True)
+            continue
+        elif away and (state / "park.json").exists():
             # another machine ran the first parts: continue from what it parked
             key = f"{Path(config).stem} restore"
             times[key] = step([sys.executable, "-m", "lance_llm.park", "restore", str(state), cfg.run_dir], log)
-        elif away and (results_dir(cfg, args.out.parent) / "run" / "eval" / "items.json").exists():
-            # finished and exported on another machine, not parked: its report is rebuilt from results/
-            print(f"{config}: done elsewhere (results/{results_dir(cfg, args.out.parent).name}/run); "
-                  "delete that folder to run it again", flush=True)
-            continue
         try:
             for part in PARTS[:-1]:
                 if part not in parts:
                     continue
                 for cmd in commands(config, cfg, args)[part]:  # rebuilt per part: judge/eval see new checkpoints
                     key = f"{Path(config).stem} {part}"
-                    times[key] = times.get(key, 0.0) + step(cmd, log, deadline)
+                    times[key] = times.get(key, 0.0) + step(cmd, log, None if part == "park" else deadline)
                 if part == "export":
                     add_control_to_lineage(cfg, args.out.parent)
                     keep_small_files(cfg, args.out.parent)
         except DeadlineError as e:
+            stopped = True
+            if not (ROOT / cfg.run_dir / "run.json").exists():
+                print(f"experiment: --stop-after reached during `{e}`, before {cfg.run_dir} began", flush=True)
+                break
             print(f"experiment: --stop-after reached during `{e}`; parking {cfg.run_dir} in {state}", flush=True)
             keep_small_files(cfg, args.out.parent)
             times[f"{Path(config).stem} park"] = step(commands(config, cfg, args)["park"][0], log)
-            stopped = True
             break
     if "report" in parts:
         head = ["# The self-improvement experiment", "", f"Machine: {machine()}.", ""]
@@ -488,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if stopped:
         print("experiment: stopped before the end; run the same command again (here, or on another machine "
               "after committing results/) to continue", flush=True)
+        return STOPPED
     return 0
 
 

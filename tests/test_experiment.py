@@ -147,6 +147,13 @@ def test_the_experiment_runs_end_to_end_at_toy_size_and_resumes(tmp_path: Path) 
 
     cfg = yaml.safe_load((ROOT / "configs" / "experiment-smollm2.yaml").read_text())
     cfg.update(run_dir=str(tmp_path / "runs" / "toy"), iterations=1)
+    spec = importlib.util.spec_from_file_location("experiment", ROOT / "scripts" / "experiment.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)  # type: ignore[union-attr]
+
+    def exp_finished(results: Path) -> bool:
+        return exp.finished_elsewhere(exp.load_config(tmp_path / "toy.yaml"), results)
+
     cfg["data"]["limit"] = 6
     cfg["generate"].update(n_instructions=2, n_responses=1, n_degraded=2, thought_max_new_tokens=32,
                            sampling={"max_new_tokens": 48}, response_sampling={"max_new_tokens": 48})
@@ -215,12 +222,15 @@ def test_the_experiment_runs_end_to_end_at_toy_size_and_resumes(tmp_path: Path) 
     cached = models.cache_root() / "eval" / "results"
     for e in doc["checkpoints"]:
         shutil.rmtree(cached / e["fingerprint"], ignore_errors=True)
+    assert exp_finished(tmp_path / "results")  # every part ran: a new machine would only rebuild the report
+    shutil.rmtree(tmp_path / "results" / "toy" / "run" / "eval_control")  # as if parked before the control's eval
+    assert not exp_finished(tmp_path / "results")
     manifest = (tmp_path / "elsewhere" / "iter_01" / "train.manifest.json").read_text()
     before = len(log.read_text())
     resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     third = log.read_text()[before:]
-    assert "lance_llm.park restore" in third and "rebuilding iter_01/model " in third
+    assert "lance_llm.park restore" in third and "rebuilding iter_01/model " in third and "stopped" not in third
     assert "IFEval prompt-level strict" not in third and "lm-eval done" not in third
     assert (run / "iter_01" / "train.manifest.json").read_text() == manifest  # not retrained
     for e in doc["checkpoints"]:

@@ -6,7 +6,6 @@ experiment's toy run (tests/test_experiment.py)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 from conftest import FakeTrainer, ScriptedFactory, lance_script
 from lance_llm import models, park
 from lance_llm.loop import run
-from lance_llm.rundir import RunDir
 from lance_llm.stages.train import ADAPTER
 from test_loop import config
 
@@ -82,6 +80,32 @@ def test_park_refuses_what_it_could_not_rebuild_and_restore_refuses_what_differs
     monkeypatch.setattr(park, "_rebuild", fake_rebuild)
     with pytest.raises(park.ParkError, match=r"iter_01/model: rebuilt with fingerprint"):
         park.restore(tmp_path / "state", tmp_path / "elsewhere", echo=lambda _: None)
-    assert not (tmp_path / "elsewhere" / "iter_01" / "model" / "model.safetensors").exists()
-    assert json.loads((tmp_path / "state" / "park.json").read_text())["version"] == park.VERSION
-    assert RunDir(tmp_path / "elsewhere").finished(0, "model")  # what checked out is kept
+    # nothing half-restored is left for `lance run` to mistake for a run and retrain from scratch
+    assert not (tmp_path / "elsewhere").exists() and not list(tmp_path.glob(".elsewhere*"))
+    adapter.write_bytes((tmp_path / "lora" / "iter_01" / "model" / "model.safetensors").read_bytes())
+    assert len(park.restore(tmp_path / "state", tmp_path / "elsewhere", echo=lambda _: None)) == 5
+    with pytest.raises(park.ParkError, match="exists and is not empty"):
+        park.restore(tmp_path / "state", tmp_path / "elsewhere", echo=lambda _: None)
+
+
+def test_park_leaves_out_checkpoints_that_are_unfinished_or_no_longer_current(
+        tmp_path, seed_file, fake_base, monkeypatch):
+    monkeypatch.setenv("LANCE_CACHE", str(tmp_path / "cache"))
+    cfg = config(tmp_path, seed_file, fake_base)
+    run(cfg, echo=lambda _: None, backends=ScriptedFactory(lance_script), trainer=AdapterTrainer())
+    root = Path(cfg.run_dir)
+    # iteration 2's train stage rerunning when the machine went: a new SFT model, no manifest for it yet
+    (root / "iter_02" / "model_sft" / "model.safetensors").write_bytes(b"a newer SFT model")
+    shutil.copytree(root / "iter_02" / "model_sft", root / "iter_03" / "model_sft")  # unfinished: no manifest
+    doc = park.save(root, tmp_path / "state")
+    assert [e["checkpoint"] for e in doc["checkpoints"]] == ["iter_00/model", "iter_01/model_sft", "iter_01/model"]
+    assert set(doc["left_out"]) == {"iter_02/model_sft", "iter_02/model", "iter_03/model_sft"}
+    assert not (tmp_path / "state" / "run" / "iter_02" / "model").exists()
+    assert not list((tmp_path / "state" / "run").rglob("*.safetensors*")) or all(
+        p.parent.name == ADAPTER for p in (tmp_path / "state" / "run").rglob("*.safetensors"))
+    monkeypatch.setattr(park, "_rebuild", fake_rebuild)
+    park.restore(tmp_path / "state", tmp_path / "elsewhere", echo=lambda _: None)
+    lines: list[str] = []
+    run(dataclasses.replace(cfg, run_dir=str(tmp_path / "elsewhere")), echo=lines.append,
+        backends=ScriptedFactory(lance_script), trainer=(trainer := AdapterTrainer()))
+    assert [c[0] for c in trainer.calls] == ["sft", "dpo"] and all("iter_02" in str(c[3]) for c in trainer.calls)

@@ -7,10 +7,12 @@ A run that outlives one machine (the experiment's hours on a CPU) continues on t
 copies the run directory except the merged weights of its checkpoints (GBs; each is its parent plus
 its LoRA adapter, or its parent's weights copied when DPO had no pair), the evaluation results
 cached for its checkpoints (`<lance cache>/eval/results/<fingerprint>/`) and `lance judge --own`'s
-cache. `restore` copies them back where missing, rebuilds every checkpoint's weights in training
-order from its parent and its adapter, and checks each against the fingerprint recorded at save and
-every stage manifest's output hashes, so `lance run`, `lance eval` and `lance judge` resume from it
-as from the original (nothing is redone, nothing trusted unchecked). Park a run while nothing writes it.
+call cache. `restore` rebuilds every checkpoint's weights in training order from its parent and its
+adapter, checks each against the fingerprint recorded at save and its stage manifest's output hash,
+and only then puts the run directory in place and merges the caches back, so `lance run`, `lance
+eval` and `lance judge` resume from it as from the original: nothing is redone, nothing trusted
+unchecked. A rebuild is bit for bit only where the merge's float32 arithmetic is: measured so far
+on the machine that trained (results/experiment.md says what was checked).
 """
 
 from __future__ import annotations
@@ -56,21 +58,48 @@ def _copy(f: Path, out: Path) -> None:
         src.backup(dst)
 
 
+def _recorded(rd: RunDir, t: int, name: str) -> str | None:
+    """The output hash a manifest of iteration t recorded for `name`, if any."""
+    for m in sorted(rd.iter_dir(t).glob("*.manifest.json")):
+        digest = (rd.manifest(t, m.name.removesuffix(".manifest.json")) or {}).get("outputs", {}).get(name)
+        if digest:
+            return str(digest)
+    return None
+
+
 def checkpoints(rd: RunDir) -> list[tuple[Path, Path | None]]:
-    """(checkpoint, parent checkpoint or None for the base) of every finished checkpoint, in the
-    order they were trained: M_0, then per iteration its SFT model and M_t; the seed-only control
-    (scripts/experiment.py) last, trained from M_0."""
+    """(checkpoint, parent checkpoint or None for the base) of every finished checkpoint that is
+    still what its stage recorded, in training order: M_0, then per iteration its SFT model and M_t
+    (up to the first that is not: what follows was trained from it); the seed-only control
+    (scripts/experiment.py) last, trained from M_0. Anything else is recomputed on resume anyway."""
     out: list[tuple[Path, Path | None]] = []
     parent: Path | None = None
     for t in rd.iterations():
         for name in ("model",) if t == 0 else ("model_sft", "model"):
-            if rd.finished(t, name):
-                out.append((rd.path(t, name), parent))
-                parent = rd.path(t, name)
-    control = rd.root / "control" / "model"
-    if (rd.root / "control" / "control.json").is_file() and control.is_dir() and rd.finished(0, "model"):
-        out.append((control, rd.path(0, "model")))
-    return out
+            ckpt = rd.path(t, name)
+            if not ckpt.is_dir() or not _weights(ckpt):
+                break
+            if _recorded(rd, t, name) != hash_path(ckpt):
+                return out + _control(rd, out)
+            out.append((ckpt, parent))
+            parent = ckpt
+    return out + _control(rd, out)
+
+
+def _control(rd: RunDir, chain: list[tuple[Path, Path | None]]) -> list[tuple[Path, Path | None]]:
+    m0, control, meta = rd.path(0, "model"), rd.root / "control" / "model", rd.root / "control" / "control.json"
+    if not meta.is_file() or not _weights(control) or m0 not in [c for c, _ in chain]:
+        return []
+    doc = json.loads(meta.read_text(encoding="utf-8"))
+    if doc.get("fingerprint") != models.fingerprint(control) or doc.get("start_fingerprint") != models.fingerprint(m0):
+        return []
+    return [(control, m0)]
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    """Every folder a checkpoint is written to, finished or not."""
+    return [p for p in [*root.glob("iter_*/model"), *root.glob("iter_*/model_sft"), root / "control" / "model"]
+            if p.is_dir()]
 
 
 def _base(rd: RunDir, cache_dir: str | None) -> tuple[Path, str]:
@@ -84,16 +113,18 @@ def _base(rd: RunDir, cache_dir: str | None) -> tuple[Path, str]:
 
 
 def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) -> dict[str, Any]:
-    """Park RUN_DIR in DEST (replaced atomically): DEST/run/ (the run without merged weights),
-    DEST/eval_cache/, DEST/park.json. Refuses a checkpoint that could not be rebuilt (no adapter
-    and not a copy of its parent): a run trained without LoRA cannot be parked."""
+    """Park RUN_DIR in DEST (replaced atomically): DEST/run/ (the run without the merged weights of
+    its checkpoints, and without checkpoints that are unfinished or no longer current), DEST/eval_cache/,
+    DEST/judge_own.sqlite, DEST/park.json. Refuses a run another process is using, and a checkpoint
+    that could not be rebuilt (no adapter, not a copy of its parent): a run trained without LoRA."""
     rd, dest = RunDir(run_dir), Path(dest)
     if not rd.run_json.is_file():
         raise ParkError(f"{rd.root}: not a lance run directory (no run.json)")
+    rd.check()  # another process writing it would make the copy inconsistent
     _, base_fp = _base(rd, cache_dir)
-    entries, skip = [], set()
-    fps = {base_fp}
-    for ckpt, parent in checkpoints(rd):
+    entries, skip, fps = [], set(), {base_fp}
+    kept = checkpoints(rd)
+    for ckpt, parent in kept:
         fp = models.fingerprint(ckpt)
         if (ckpt / ADAPTER / "adapter_config.json").is_file():
             how = "adapter"
@@ -106,12 +137,15 @@ def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) ->
         entries.append({"checkpoint": rel(ckpt), "parent": rel(parent), "how": how, "fingerprint": fp})
         skip.update(_weights(ckpt))
         fps.add(fp)
+    dropped = [d for d in _checkpoint_dirs(rd.root) if d not in [c for c, _ in kept]]
     results = models.cache_root(cache_dir) / "eval" / "results"
+    for old in dest.parent.glob(f".{dest.name}.*"):  # a save killed midway
+        shutil.rmtree(old, ignore_errors=True)
     with atomic_dir(dest) as tmp:
         for f in sorted(rd.root.rglob("*")):
             rel = f.relative_to(rd.root)
             if (not f.is_file() or f in skip or any(part.startswith(".") for part in rel.parts)
-                    or f.name.endswith((".sqlite-wal", ".sqlite-shm"))):
+                    or f.name.endswith((".sqlite-wal", ".sqlite-shm")) or any(d in f.parents for d in dropped)):
                 continue  # hidden: the lock, fingerprint memos, atomic writes' temp folders
             _copy(f, tmp / RUN / rel)
         for fp in sorted(fps):
@@ -120,7 +154,8 @@ def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) ->
         judge = models.cache_root(cache_dir) / "judge_own" / "cache.sqlite"
         if judge.is_file():
             _copy(judge, tmp / JUDGE_CACHE)
-        doc = {"version": VERSION, "run": str(rd.root), "checkpoints": entries}
+        doc = {"version": VERSION, "run": str(rd.root), "checkpoints": entries,
+               "left_out": [d.relative_to(rd.root).as_posix() for d in dropped]}
         atomic_write_text(tmp / PARK_JSON, json.dumps(doc, indent=1) + "\n")
     return doc
 
@@ -147,44 +182,58 @@ def _rebuild(ckpt: Path, parent: Path, how: str) -> None:
 
 def restore(src: str | Path, run_dir: str | Path, cache_dir: str | None = None,
             echo: Any = print) -> list[str]:
-    """Bring a parked run back into RUN_DIR (files it lacks; nothing there is overwritten), rebuild
-    the missing weights and check them; return the checkpoints rebuilt. Any mismatch is a
-    ParkError naming the checkpoint or stage output, and its weights are removed again."""
+    """Bring a parked run back as RUN_DIR, which must not exist yet (or be empty), and return the
+    checkpoints rebuilt. The run is assembled in a hidden folder beside it and renamed into place
+    only once every checkpoint's weights are rebuilt and match both the fingerprint parked and the
+    hash its stage's manifest recorded: a restore that fails or is killed leaves no RUN_DIR behind,
+    and running it again starts over. Then the parked evaluation and judge caches are merged in."""
     src, root = Path(src), Path(run_dir)
     doc = json.loads((src / PARK_JSON).read_text(encoding="utf-8"))
     if doc.get("version") != VERSION:
         raise ParkError(f"{src / PARK_JSON}: version {doc.get('version')!r}, this lance-llm reads {VERSION}")
-    for f in sorted((src / RUN).rglob("*")):
-        if f.is_file() and not (root / f.relative_to(src / RUN)).exists():
-            _copy(f, root / f.relative_to(src / RUN))
-    rd = RunDir(root)
-    base, _ = _base(rd, cache_dir)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ParkError(f"{root}: exists and is not empty; a parked run is restored into a new directory")
     rebuilt = []
-    for e in doc["checkpoints"]:
-        ckpt = root / e["checkpoint"]
-        if not _weights(ckpt):
+    for old in root.parent.glob(f".{root.name}.*"):  # a restore killed midway
+        shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(root) as tmp:
+        shutil.copytree(src / RUN, tmp, dirs_exist_ok=True)
+        rd = RunDir(tmp)
+        base, _ = _base(rd, cache_dir)
+        for e in doc["checkpoints"]:
+            ckpt = tmp / e["checkpoint"]
             echo(f"park: rebuilding {e['checkpoint']} ({e['how']}, from {e['parent'] or 'the base'})")
-            _rebuild(ckpt, root / e["parent"] if e["parent"] else base, e["how"])
+            _rebuild(ckpt, tmp / e["parent"] if e["parent"] else base, e["how"])
+            got = models.fingerprint(ckpt)
+            if got != e["fingerprint"]:
+                raise ParkError(f"{root / e['checkpoint']}: rebuilt with fingerprint {got}, parked with "
+                                f"{e['fingerprint']} (nothing restored)")
+            t, name = ckpt.parent.name, ckpt.name
+            if t.startswith("iter_") and _recorded(rd, int(t[5:]), name) != hash_path(ckpt):
+                raise ParkError(f"{root / e['checkpoint']}: differs from what its stage's manifest recorded "
+                                "(nothing restored)")
             rebuilt.append(e["checkpoint"])
-        got = models.fingerprint(ckpt)
-        if got != e["fingerprint"]:
-            for w in _weights(ckpt):
-                w.unlink()
-            raise ParkError(f"{ckpt}: rebuilt with fingerprint {got}, parked with {e['fingerprint']}")
-    for t in rd.iterations():  # what `lance run` checks before it skips a stage
-        for m in sorted(rd.iter_dir(t).glob("*.manifest.json")):
-            for name, digest in (json.loads(m.read_text(encoding="utf-8")).get("outputs") or {}).items():
-                if (rd.iter_dir(t) / name).exists() and hash_path(rd.iter_dir(t) / name) != digest:
-                    raise ParkError(f"{rd.iter_dir(t) / name}: differs from what {m.name} recorded")
     results = models.cache_root(cache_dir) / "eval" / "results"
     for f in sorted((src / EVAL_CACHE).rglob("*")):
         out = results / f.relative_to(src / EVAL_CACHE)
         if f.is_file() and not out.exists():
             _copy(f, out)
-    judge = models.cache_root(cache_dir) / "judge_own" / "cache.sqlite"
-    if (src / JUDGE_CACHE).is_file() and not judge.exists():
-        _copy(src / JUDGE_CACHE, judge)
+    if (src / JUDGE_CACHE).is_file():
+        _merge_cache(src / JUDGE_CACHE, models.cache_root(cache_dir) / "judge_own" / "cache.sqlite")
     return rebuilt
+
+
+def _merge_cache(parked: Path, cache: Path) -> None:
+    """The parked LLM call cache's answers added to CACHE (backends/cache.py's `calls` table);
+    answers CACHE already holds are kept."""
+    if not cache.exists():
+        _copy(parked, cache)
+        return
+    with contextlib.closing(sqlite3.connect(str(cache))) as db:
+        db.execute("ATTACH DATABASE ? AS parked", (str(parked),))
+        with db:
+            db.execute("INSERT OR IGNORE INTO main.calls SELECT * FROM parked.calls")
+        db.execute("DETACH DATABASE parked")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.dest}: {len(doc['checkpoints'])} checkpoints parked")
         else:
             done = restore(args.src, args.run_dir)
-            print(f"{args.run_dir}: restored ({len(done)} checkpoints rebuilt)")
+            print(f"{args.run_dir}: restored, {len(done)} checkpoints rebuilt and checked")
     except (ParkError, models.ModelError) as e:
         sys.exit(f"error: {e}")
 
