@@ -189,7 +189,7 @@ def commands(config: str, cfg: Config, args: argparse.Namespace) -> dict[str, li
         "select": [[*lance, "eval", run_dir, "--benchmarks", "none", "--out", str(Path(run_dir) / SELECT_DIR), *ifev]],
         "eval": [[*lance, "eval", run_dir, "--models", full, *ev]] + ([  # the control once it is trained
             [*lance, "eval", str(Path(run_dir) / "control" / "model"), "--out", str(Path(run_dir) / "eval_control"),
-             *ev]] if (ROOT / run_dir / "control" / "model").exists() else []),
+             *ev]] if (ROOT / run_dir / "control" / "model").exists() or "control" in items else []),
         "judge": [[*lance, "judge", model, config, "--own", "--mode", cfg.review.mode, "--split", "test",
                    "--limit", str(args.judge_limit), "--out", str(Path(run_dir) / "judge_own" / label)]
                   for label, model in judged],
@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             times[f"{Path(config).stem} park"] = step(commands(config, cfg, args)["park"][0], log)
             break
     if "report" in parts:
-        head = ["# The self-improvement experiment", "", f"Machine: {machine()}.", ""]
+        head = ["# The self-improvement experiment", "", f"Report written on: {machine()} (the machines each "
+                "model's parts ran on are named below).", ""]
         findings = args.out.parent / "findings.md"
         if findings.is_file():
             head += [findings.read_text(encoding="utf-8").strip(), ""]
