@@ -218,7 +218,8 @@ def test_the_experiment_runs_end_to_end_at_toy_size_and_resumes(tmp_path: Path) 
     assert [e["checkpoint"] for e in doc["checkpoints"]] == ["iter_00/model", "iter_01/model_sft", "iter_01/model",
                                                               "control/model"]
     assert not list((state / "run").glob("**/model*/*.safetensors"))  # no merged weights, only adapters
-    assert (state / "run" / "iter_01" / "model" / "adapter" / "adapter_model.safetensors").exists()
+    assert (state / "run" / "iter_01" / "model_sft" / "adapter" / "adapter_model.safetensors").exists()
+    assert {e["how"] for e in doc["checkpoints"]} <= {"adapter", "copy"} and doc["checkpoints"][0]["how"] == "adapter"
     cached = models.cache_root() / "eval" / "results"
     for e in doc["checkpoints"]:
         shutil.rmtree(cached / e["fingerprint"], ignore_errors=True)
