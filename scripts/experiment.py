@@ -42,14 +42,12 @@ weights rebuilt from the adapters and checked against the recorded fingerprints 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -63,6 +61,7 @@ from lance_llm.config import Config, load_config  # noqa: E402
 from lance_llm.drift import drift_markdown, drift_rows  # noqa: E402
 from lance_llm.evaluate.paired import compare, describe  # noqa: E402
 from lance_llm.judge.own import split_of  # noqa: E402
+from lance_llm.launch import stop_group  # noqa: E402
 from lance_llm.records import stable_int  # noqa: E402
 from lance_llm.rundir import RunDir  # noqa: E402
 from lance_llm.stages import ITERATION, PREPARE  # noqa: E402
@@ -132,18 +131,6 @@ class DeadlineError(Exception):
 STOPPED = 75  # exit status after --stop-after stopped the experiment (EX_TEMPFAIL: run it again)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the command's process group, SIGKILL after 60 s."""
-    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def step(cmd: list[str], log: Path, deadline: float | None = None) -> float:
     """Run one command, its output appended to `log`; return its wall time; stop on failure. Past
     `deadline` (time.time()) the command is terminated and DeadlineError raised: every part resumes from
@@ -158,11 +145,11 @@ def step(cmd: list[str], log: Path, deadline: float | None = None) -> float:
         try:
             proc.wait(None if deadline is None else max(1.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            stop_group(proc, grace=60)
             fh.write(f"\n[experiment] stopped at the --stop-after deadline after {time.time() - t0:.0f} s\n")
             raise DeadlineError(shlex.join(cmd)) from None
         except BaseException:  # Ctrl-C, or the driver killed: take the command down with it
-            _stop(proc)
+            stop_group(proc, grace=60)
             raise
     if proc.returncode != 0:
         sys.exit(f"experiment: `{shlex.join(cmd)}` failed with exit code {proc.returncode}; see {log}")
@@ -474,17 +461,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ROOT / config)
         state = parked(cfg, args.out.parent)
         away = not (ROOT / cfg.run_dir / "run.json").exists()
-        if not set(parts) - {"report"}:
-            pass
-        elif away and finished_elsewhere(cfg, args.out.parent):
-            # every part ran on another machine: its report is rebuilt from results/, nothing to restore
-            print(f"{config}: finished on another machine ({results_dir(cfg, args.out.parent)}); delete that "
-                  "folder to run it again", flush=True)
-            continue
-        elif away and (state / "park.json").exists():
-            # another machine ran the first parts: continue from what it parked
-            key = f"{Path(config).stem} restore"
-            times[key] = step([sys.executable, "-m", "lance_llm.park", "restore", str(state), cfg.run_dir], log)
+        if away and set(parts) - {"report"}:
+            if finished_elsewhere(cfg, args.out.parent):
+                # every part ran on another machine: its report is rebuilt from results/, nothing to restore
+                print(f"{config}: finished on another machine ({results_dir(cfg, args.out.parent)}); delete that "
+                      "folder to run it again", flush=True)
+                continue
+            if (state / "park.json").exists():
+                # another machine ran the first parts: continue from what it parked
+                key = f"{Path(config).stem} restore"
+                times[key] = step([sys.executable, "-m", "lance_llm.park", "restore", str(state), cfg.run_dir], log)
         try:
             for part in PARTS[:-1]:
                 if part not in parts:

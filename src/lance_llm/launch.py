@@ -128,7 +128,7 @@ def _launch(kind: str, model_path: Path, data: str | Path, out: Path, cfg: Train
     try:
         rc = proc.wait()
     except BaseException:
-        _stop(proc)
+        stop_group(proc)
         raise
     if rc != 0 or not result.exists():
         raise RuntimeError(f"{kind} training under accelerate failed (exit code {rc}); command: {' '.join(cmd)}")
@@ -139,8 +139,10 @@ def _launch(kind: str, model_path: Path, data: str | Path, out: Path, cfg: Train
                        res.get("too_long", 0))
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the process group `proc` leads (started with start_new_session=True), SIGKILL
+    after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -69,11 +69,22 @@ def export(run_dir: str | Path, dest: str | Path) -> dict[str, Any]:
     return doc
 
 
-def rebuild(lineage_json: str | Path, label: str, out: str | Path, cache_dir: str | None = None) -> Path:
-    """Checkpoint `label` of `lineage_json` rebuilt in `out` (atomically), its fingerprint checked."""
+def merge_adapters(start: Path, adapters: list[Path]) -> Any:
+    """The checkpoint START with each LoRA adapter merged in, in order, in float32 (as training
+    merged and saved them: stages/train.py)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.float32, use_safetensors=True)
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model
+
+
+def rebuild(lineage_json: str | Path, label: str, out: str | Path, cache_dir: str | None = None) -> Path:
+    """Checkpoint `label` of `lineage_json` rebuilt in `out` (atomically), its fingerprint checked."""
+    from transformers import AutoTokenizer
 
     path = Path(lineage_json)
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -84,9 +95,7 @@ def rebuild(lineage_json: str | Path, label: str, out: str | Path, cache_dir: st
     if doc["base"]["fingerprint"] and base.fingerprint != doc["base"]["fingerprint"]:
         raise LineageError(f"base {doc['base']['source']}: fingerprint {base.fingerprint}, the lineage was trained "
                            f"on {doc['base']['fingerprint']}")
-    model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.float32, use_safetensors=True)
-    for rel in entry["adapters"]:
-        model = PeftModel.from_pretrained(model, str(path.parent / rel)).merge_and_unload()
+    model = merge_adapters(base.path, [path.parent / rel for rel in entry["adapters"]])
     out = Path(out)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

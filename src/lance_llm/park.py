@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import models
+from .lineage import merge_adapters
 from .records import atomic_dir, atomic_write_text
 from .rundir import RunDir, hash_path
 from .stages.train import ADAPTER
@@ -42,6 +43,14 @@ RUN = "run"                # the parked run directory: DEST/run/
 
 class ParkError(RuntimeError):
     pass
+
+
+def _eval_results(cache_dir: str | None) -> Path:
+    return models.cache_root(cache_dir) / "eval" / "results"  # evaluate/runner.py's results cache
+
+
+def _judge_cache(cache_dir: str | None) -> Path:
+    return models.cache_root(cache_dir) / "judge_own" / "cache.sqlite"  # judge/run.py's run_own_judge
 
 
 def _weights(ckpt: Path) -> list[Path]:
@@ -139,7 +148,7 @@ def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) ->
         skip.update(_weights(ckpt))
         fps.add(fp)
     dropped = [d for d in _checkpoint_dirs(rd.root) if d not in [c for c, _ in kept]]
-    results = models.cache_root(cache_dir) / "eval" / "results"
+    results = _eval_results(cache_dir)
     for old in dest.parent.glob(f".{dest.name}.*"):  # a save killed midway
         shutil.rmtree(old, ignore_errors=True)
     with atomic_dir(dest) as tmp:
@@ -152,9 +161,8 @@ def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) ->
         for fp in sorted(fps):
             if (results / fp).is_dir():
                 shutil.copytree(results / fp, tmp / EVAL_CACHE / fp)
-        judge = models.cache_root(cache_dir) / "judge_own" / "cache.sqlite"
-        if judge.is_file():
-            _copy(judge, tmp / JUDGE_CACHE)
+        if _judge_cache(cache_dir).is_file():
+            _copy(_judge_cache(cache_dir), tmp / JUDGE_CACHE)
         doc = {"version": VERSION, "run": str(rd.root), "checkpoints": entries,
                "left_out": [d.relative_to(rd.root).as_posix() for d in dropped]}
         atomic_write_text(tmp / PARK_JSON, json.dumps(doc, indent=1) + "\n")
@@ -168,12 +176,7 @@ def _rebuild(ckpt: Path, parent: Path, how: str) -> None:
         for w in _weights(parent):
             shutil.copy2(w, ckpt / w.name)
         return
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(parent), dtype=torch.float32, use_safetensors=True)
-    model = PeftModel.from_pretrained(model, str(ckpt / ADAPTER)).merge_and_unload()
+    model = merge_adapters(parent, [ckpt / ADAPTER])
     with tempfile.TemporaryDirectory(dir=ckpt.parent, prefix=f".{ckpt.name}.") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for w in _weights(Path(tmp)):
@@ -214,13 +217,13 @@ def restore(src: str | Path, run_dir: str | Path, cache_dir: str | None = None,
                 raise ParkError(f"{root / e['checkpoint']}: differs from what its stage's manifest recorded "
                                 "(nothing restored)")
             rebuilt.append(e["checkpoint"])
-    results = models.cache_root(cache_dir) / "eval" / "results"
+    results = _eval_results(cache_dir)
     for f in sorted((src / EVAL_CACHE).rglob("*")):
         out = results / f.relative_to(src / EVAL_CACHE)
         if f.is_file() and not out.exists():
             _copy(f, out)
     if (src / JUDGE_CACHE).is_file():
-        _merge_cache(src / JUDGE_CACHE, models.cache_root(cache_dir) / "judge_own" / "cache.sqlite")
+        _merge_cache(src / JUDGE_CACHE, _judge_cache(cache_dir))
     return rebuilt
 
 
