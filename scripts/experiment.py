@@ -337,7 +337,8 @@ FACTS = "facts.json"  # what the report needs from the run's records, kept besid
 def run_facts(run_dir: Path) -> dict[str, Any]:
     """The report's figures that come from records and manifests (not kept under results/)."""
     rd = RunDir(run_dir)
-    return {"self_written": self_written(rd), "drift": drift_rows(run_dir), "stage_seconds": stage_seconds(rd)}
+    return {"self_written": self_written(rd), "drift": drift_rows(run_dir), "stage_seconds": stage_seconds(rd),
+            "train_bf16": train_bf16(rd)}
 
 
 def source_dir(cfg: Config, results: Path) -> Path:
@@ -345,6 +346,10 @@ def source_dir(cfg: Config, results: Path) -> Path:
     small files under results/ (what the export part kept), so the tables can be rebuilt anywhere."""
     live = ROOT / cfg.run_dir
     return live if (live / "run.json").exists() else results_dir(cfg, results) / "run"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def judge_table(src: Path) -> str:
@@ -356,10 +361,9 @@ def judge_table(src: Path) -> str:
                 if mode.startswith(("rule:", "siblings:")):
                     continue
                 ci = r.get("pairwise_ci95") or [None, None]
-                prec = r.get("sft_precision")
-                rows.append(f"| {f.parent.name} | {key.rsplit('|', 1)[-1]} | {mode} | {r.get('pairwise')} "
-                            f"[{ci[0]}, {ci[1]}] | {'-' if prec is None else f'{prec:.2f}'} "
-                            f"(base rate {r.get('base_rate')}, {r.get('sft_selected')} selected) |")
+                rows.append(f"| {f.parent.name} | {key.rsplit('|', 1)[-1]} | {mode} | {_num(r.get('pairwise'))} "
+                            f"[{_num(ci[0])}, {_num(ci[1])}] | {_num(r.get('sft_precision'))} "
+                            f"(base rate {_num(r.get('base_rate'))}, {r.get('sft_selected')} selected) |")
     if not rows:
         return "(not measured yet)"
     return ("| model | prompts | judge | pairwise [95% CI] | SFT precision |\n|---|---|---|---|---|\n"
@@ -373,6 +377,28 @@ def stage_seconds(rd: RunDir) -> dict[str, float]:
             if (m := rd.manifest(t, stage.name)) is not None:
                 out[stage.name] = out.get(stage.name, 0.0) + float(m.get("seconds") or 0.0)
     return out
+
+
+NUMERICS = {True: "bf16 autocast", False: "float32", None: "numerics not recorded"}
+
+
+def train_bf16(rd: RunDir) -> dict[str, bool | None]:
+    """Per training run ("M_1 dpo"), whether the Trainer autocast to bf16 (None: not recorded, trained
+    before the manifest said). A parked run can resume on another CPU kind, where "auto" resolves anew."""
+    out: dict[str, bool | None] = {}
+    for t in rd.iterations():
+        stats = ((m := rd.manifest(t, "train")) and m.get("stats")) or {}
+        for step, st in stats.items():
+            if isinstance(st, dict):
+                out[f"M_{t} {step}"] = st.get("bf16")
+    return out
+
+
+def numerics_line(bf16: dict[str, bool | None]) -> str:
+    if not bf16:
+        return ""
+    return ("Training numerics (per training run, as resolved on the machine that ran it): "
+            + ", ".join(f"{k} {NUMERICS[v]}" for k, v in bf16.items()) + ".")
 
 
 def section(config: str, args: argparse.Namespace) -> str:
@@ -397,11 +423,14 @@ def section(config: str, args: argparse.Namespace) -> str:
     if secs:
         parts += ["", "Compute time per stage (summed over iterations, from the manifests): "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + f"; total {sum(secs.values()):.0f} s."]
+    if line := numerics_line(facts.get("train_bf16") or {}):
+        parts += ["", line]
     ctrl = src / "control" / "control.json"
     if ctrl.exists():
         c = json.loads(ctrl.read_text(encoding="utf-8"))
         parts += ["", f"Seed-only control: M_0 + {c['steps']} SFT steps on SFT_0 (LANCE iterations "
-                  f"{c['lance_iterations']} took {c['steps']} SFT + DPO steps), {c['train']['seconds']:.0f} s."]
+                  f"{c['lance_iterations']} took {c['steps']} SFT + DPO steps), {c['train']['seconds']:.0f} s, "
+                  f"{NUMERICS[c['train'].get('bf16')]}."]
     parts += ["", "### Results on the reported split", "",
               f"Checkpoint rule (fixed before the run): {RULE}. Chosen: **{best or '-'}** ({why}).", "",
               results_table(items) if items else "(not evaluated yet)", "",

@@ -5,11 +5,13 @@ selection split; the tables read only the reported split."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lance_llm.backends.hf import cpu_has_bf16
 from lance_llm.config import load_config
 from lance_llm.judge.own import split_of
 
@@ -76,6 +78,31 @@ def test_the_checkpoint_rule_reads_the_selection_split_only(exp: Any) -> None:
     assert "| M_2 | 1.000 |" in table and "| M_3 | 0.000 |" in table
     paired = exp.paired_table(items, "M_0")
     assert f"| M_1 vs M_0 | -1.000 (p 0.000; 0 vs {len(test)}) |" in paired
+
+
+def test_the_judge_table_rounds_and_skips_the_no_model_rules(exp: Any, tmp_path: Path) -> None:
+    f = tmp_path / "judge_own" / "M_1" / "judge_own.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({"m|ifeval": {"results": {
+        "likelihood": {"pairwise": 0.34375, "pairwise_ci95": [0.169, 0.5147], "sft_precision": 0.1,
+                       "base_rate": 0.14166666666666666, "sft_selected": 17},
+        "rule:shorter": {"pairwise": 0.5}}}}))
+    table = exp.judge_table(tmp_path)
+    assert "| M_1 | ifeval | likelihood | 0.34 [0.17, 0.51] | 0.10 (base rate 0.14, 17 selected) |" in table
+    assert "rule:" not in table
+
+
+def test_the_training_numerics_are_read_from_the_train_manifests(exp: Any, tmp_path: Path) -> None:
+    from lance_llm.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    for t, stats in ((0, {"sft": {"steps": 9}}), (1, {"sft": {"bf16": False}, "dpo": {"bf16": True}})):
+        rd.manifest_path(t, "train").parent.mkdir(parents=True)
+        rd.manifest_path(t, "train").write_text(json.dumps({"stats": stats}))
+    got = exp.train_bf16(rd)
+    assert got == {"M_0 sft": None, "M_1 sft": False, "M_1 dpo": True}
+    assert exp.numerics_line(got).endswith(
+        ": M_0 sft numerics not recorded, M_1 sft float32, M_1 dpo bf16 autocast.")
 
 
 def test_only_base_m0_and_the_chosen_checkpoint_get_the_full_evaluation(exp: Any, tmp_path: Path) -> None:
@@ -207,7 +234,9 @@ def test_the_experiment_runs_end_to_end_at_toy_size_and_resumes(tmp_path: Path) 
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     text = out.read_text()
     assert "the run directory is not on this machine" in text
-    for row in ("| M_1 vs M_0 |", "| M_1 vs control |", "Chosen: **M_1**", "| 1 |", "Seed-only control: M_0 +"):
+    numerics = "bf16 autocast" if cpu_has_bf16() else "float32"  # train.bf16 "auto", resolved here
+    for row in ("| M_1 vs M_0 |", "| M_1 vs control |", "Chosen: **M_1**", "| 1 |", "Seed-only control: M_0 +",
+                f"M_0 sft {numerics}, M_1 sft {numerics}", f" s, {numerics}."):
         assert row in text, row
     assert text.split("### Results on the reported split")[1] == report.split("### Results on the reported split")[1]
 

@@ -136,7 +136,7 @@ def _launch(kind: str, model_path: Path, data: str | Path, out: Path, cfg: Train
     job.unlink(missing_ok=True)
     result.unlink(missing_ok=True)
     return TrainResult(Path(res["path"]), res["steps"], res["examples"], res["loss"], res["seconds"],
-                       res.get("too_long", 0))
+                       res.get("too_long", 0), res.get("bf16"))
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:

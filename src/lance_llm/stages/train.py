@@ -45,10 +45,13 @@ class TrainResult:
     loss: float | None
     seconds: float
     too_long: int = 0  # SFT examples left out: a prompt fills max_length, a review example is cut (_trainable)
+    # bf16 autocast as resolved on the machine that trained: the stage key holds `train.bf16` ("auto"),
+    # so a run resumed on another CPU kind can mix float32 and bf16 iterations; the manifest says which
+    bf16: bool | None = None
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "steps": self.steps, "examples": self.examples,
-                "loss": self.loss, "seconds": round(self.seconds, 2), "too_long": self.too_long}
+                "loss": self.loss, "seconds": round(self.seconds, 2), "too_long": self.too_long, "bf16": self.bf16}
 
 
 def _use_bf16(setting: str) -> bool:
@@ -280,7 +283,8 @@ def _finish(trainer, tokenizer, out: Path, n: int, t0: float, too_long: int = 0)
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # Trainer scratch (save_strategy="no")
         with (out / "train_log.json").open("w") as fh:
             json.dump(state.log_history, fh, indent=1)
-    return TrainResult(out, state.global_step, n, losses[-1] if losses else None, time.time() - t0, too_long)
+    return TrainResult(out, state.global_step, n, losses[-1] if losses else None, time.time() - t0, too_long,
+                       bool(trainer.args.bf16))
 
 
 def train_sft(model_path: Path, data: str | Path, out: Path, cfg: TrainConfig, seed: int,
