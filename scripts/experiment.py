@@ -363,7 +363,7 @@ def judge_table(src: Path) -> str:
                 ci = r.get("pairwise_ci95") or [None, None]
                 rows.append(f"| {f.parent.name} | {key.rsplit('|', 1)[-1]} | {mode} | {_num(r.get('pairwise'))} "
                             f"[{_num(ci[0])}, {_num(ci[1])}] | {_num(r.get('sft_precision'))} "
-                            f"(base rate {_num(r.get('base_rate'))}, {r.get('sft_selected')} selected) |")
+                            f"(base rate {_num(r.get('base_rate'), 3)}, {r.get('sft_selected')} selected) |")
     if not rows:
         return "(not measured yet)"
     return ("| model | prompts | judge | pairwise [95% CI] | SFT precision |\n|---|---|---|---|---|\n"

@@ -88,7 +88,7 @@ def test_the_judge_table_rounds_and_skips_the_no_model_rules(exp: Any, tmp_path:
                        "base_rate": 0.14166666666666666, "sft_selected": 17},
         "rule:shorter": {"pairwise": 0.5}}}}))
     table = exp.judge_table(tmp_path)
-    assert "| M_1 | ifeval | likelihood | 0.34 [0.17, 0.51] | 0.10 (base rate 0.14, 17 selected) |" in table
+    assert "| M_1 | ifeval | likelihood | 0.34 [0.17, 0.51] | 0.10 (base rate 0.142, 17 selected) |" in table
     assert "rule:" not in table
 
 

@@ -5,8 +5,10 @@ experiment's toy run (tests/test_experiment.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,18 @@ def test_a_parked_run_resumes_elsewhere_with_nothing_run_again(tmp_path, seed_fi
     cached.mkdir(parents=True)
     (cached / "ifeval-x.json").write_text('{"items": []}')
 
+    judge = park._judge_cache(None)  # one per machine: this run's models and a model of some other run
+    judge.parent.mkdir(parents=True)
+    ours = models.fingerprint(Path(cfg.run_dir) / "iter_01" / "model")
+    with contextlib.closing(sqlite3.connect(judge)) as db, db:
+        db.execute("CREATE TABLE calls (key TEXT PRIMARY KEY, kind TEXT, model TEXT, request TEXT, result TEXT)")
+        db.executemany("INSERT INTO calls VALUES (?, 'score', ?, '{}', '[]')",
+                       [("a", f"{ours}|hf:dtype=float32"), ("b", "0123456789abcdef|hf:dtype=float32")])
+
     state = tmp_path / "state"
     doc = park.save(cfg.run_dir, state)
+    with contextlib.closing(sqlite3.connect(state / park.JUDGE_CACHE)) as db:
+        assert db.execute("SELECT key FROM calls").fetchall() == [("a",)]
     assert [e["checkpoint"] for e in doc["checkpoints"]] == [
         "iter_00/model", "iter_01/model_sft", "iter_01/model", "iter_02/model_sft", "iter_02/model"]
     assert doc["checkpoints"][1]["parent"] == "iter_00/model" and doc["checkpoints"][0]["parent"] is None
@@ -57,6 +69,8 @@ def test_a_parked_run_resumes_elsewhere_with_nothing_run_again(tmp_path, seed_fi
     moved = dataclasses.replace(cfg, run_dir=str(tmp_path / "elsewhere"))
     rebuilt = park.restore(state, moved.run_dir, echo=lambda _: None)
     assert len(rebuilt) == 5 and (cached / "ifeval-x.json").exists()
+    with contextlib.closing(sqlite3.connect(judge)) as db:  # merged into the machine's cache, nothing lost
+        assert sorted(db.execute("SELECT key FROM calls").fetchall()) == [("a",), ("b",)]
     factory, trainer, lines = ScriptedFactory(lance_script), AdapterTrainer(), []
     run(moved, echo=lines.append, backends=factory, trainer=trainer)
     assert trainer.calls == [] and factory.built == []  # no model was even loaded

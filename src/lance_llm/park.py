@@ -68,6 +68,21 @@ def _copy(f: Path, out: Path) -> None:
         src.backup(dst)
 
 
+def _keep_models(cache: Path, fps: set[str]) -> None:
+    """Drop from a copied call cache the calls of models that are not the run's: the judge cache is
+    one per machine (every model `lance judge --own` ever ran on, tests' tiny ones included). A
+    call's model is "<weights fingerprint>|<engine numerics>" (backends/__init__.py)."""
+    with contextlib.closing(sqlite3.connect(str(cache))) as db:
+        with db:
+            db.execute("CREATE TEMP TABLE keep (fp TEXT PRIMARY KEY)")
+            db.executemany("INSERT INTO keep VALUES (?)", [(fp,) for fp in fps])
+            db.execute("DELETE FROM calls WHERE substr(model, 1, instr(model || '|', '|') - 1) NOT IN "
+                       "(SELECT fp FROM keep)")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'attempts'").fetchone():
+                db.execute("DELETE FROM attempts WHERE key NOT IN (SELECT key FROM calls)")
+        db.execute("VACUUM")
+
+
 def _recorded(rd: RunDir, t: int, name: str) -> str | None:
     """The output hash a manifest of iteration t recorded for `name`, if any."""
     for m in sorted(rd.iter_dir(t).glob("*.manifest.json")):
@@ -163,6 +178,7 @@ def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) ->
                 shutil.copytree(results / fp, tmp / EVAL_CACHE / fp)
         if _judge_cache(cache_dir).is_file():
             _copy(_judge_cache(cache_dir), tmp / JUDGE_CACHE)
+            _keep_models(tmp / JUDGE_CACHE, fps)
         doc = {"version": VERSION, "run": str(rd.root), "checkpoints": entries,
                "left_out": [d.relative_to(rd.root).as_posix() for d in dropped]}
         atomic_write_text(tmp / PARK_JSON, json.dumps(doc, indent=1) + "\n")
