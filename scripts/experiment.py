@@ -388,8 +388,8 @@ def train_bf16(rd: RunDir) -> dict[str, bool | None]:
     out: dict[str, bool | None] = {}
     for t in rd.iterations():
         stats = ((m := rd.manifest(t, "train")) and m.get("stats")) or {}
-        for step, st in stats.items():
-            if isinstance(st, dict):
+        for step in ("sft", "dpo"):  # in training order (the manifest's keys are sorted)
+            if isinstance(st := stats.get(step), dict):
                 out[f"M_{t} {step}"] = st.get("bf16")
     return out
 
