@@ -45,7 +45,7 @@ def test_a_parked_run_resumes_elsewhere_with_nothing_run_again(tmp_path, seed_fi
     cached.mkdir(parents=True)
     (cached / "ifeval-x.json").write_text('{"items": []}')
 
-    judge = park._judge_cache(None)  # one per machine: this run's models and a model of some other run
+    judge = models.judge_cache_path()  # one per machine: this run's models and a model of some other run
     judge.parent.mkdir(parents=True)
     ours = models.fingerprint(Path(cfg.run_dir) / "iter_01" / "model")
     with contextlib.closing(sqlite3.connect(judge)) as db, db:

@@ -80,6 +80,16 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(root).expanduser()
 
 
+def eval_results_dir(cache_dir: str | None = None) -> Path:
+    """Per-fingerprint evaluation results (evaluate/runner.py), kept across runs and parked with a run."""
+    return cache_root(cache_dir) / "eval" / "results"
+
+
+def judge_cache_path(cache_dir: str | None = None) -> Path:
+    """`lance judge --own`'s LLM call cache, one per machine (judge/run.py), parked with a run."""
+    return cache_root(cache_dir) / "judge_own" / "cache.sqlite"
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:

@@ -45,14 +45,6 @@ class ParkError(RuntimeError):
     pass
 
 
-def _eval_results(cache_dir: str | None) -> Path:
-    return models.cache_root(cache_dir) / "eval" / "results"  # evaluate/runner.py's results cache
-
-
-def _judge_cache(cache_dir: str | None) -> Path:
-    return models.cache_root(cache_dir) / "judge_own" / "cache.sqlite"  # judge/run.py's run_own_judge
-
-
 def _weights(ckpt: Path) -> list[Path]:
     return sorted(ckpt.glob("*.safetensors"))
 
@@ -163,7 +155,7 @@ def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) ->
         skip.update(_weights(ckpt))
         fps.add(fp)
     dropped = [d for d in _checkpoint_dirs(rd.root) if d not in [c for c, _ in kept]]
-    results = _eval_results(cache_dir)
+    results = models.eval_results_dir(cache_dir)
     for old in dest.parent.glob(f".{dest.name}.*"):  # a save killed midway
         shutil.rmtree(old, ignore_errors=True)
     with atomic_dir(dest) as tmp:
@@ -176,8 +168,8 @@ def save(run_dir: str | Path, dest: str | Path, cache_dir: str | None = None) ->
         for fp in sorted(fps):
             if (results / fp).is_dir():
                 shutil.copytree(results / fp, tmp / EVAL_CACHE / fp)
-        if _judge_cache(cache_dir).is_file():
-            _copy(_judge_cache(cache_dir), tmp / JUDGE_CACHE)
+        if (judge := models.judge_cache_path(cache_dir)).is_file():
+            _copy(judge, tmp / JUDGE_CACHE)
             _keep_models(tmp / JUDGE_CACHE, fps)
         doc = {"version": VERSION, "run": str(rd.root), "checkpoints": entries,
                "left_out": [d.relative_to(rd.root).as_posix() for d in dropped]}
@@ -233,13 +225,13 @@ def restore(src: str | Path, run_dir: str | Path, cache_dir: str | None = None,
                 raise ParkError(f"{root / e['checkpoint']}: differs from what its stage's manifest recorded "
                                 "(nothing restored)")
             rebuilt.append(e["checkpoint"])
-    results = _eval_results(cache_dir)
+    results = models.eval_results_dir(cache_dir)
     for f in sorted((src / EVAL_CACHE).rglob("*")):
         out = results / f.relative_to(src / EVAL_CACHE)
         if f.is_file() and not out.exists():
             _copy(f, out)
     if (src / JUDGE_CACHE).is_file():
-        _merge_cache(src / JUDGE_CACHE, _judge_cache(cache_dir))
+        _merge_cache(src / JUDGE_CACHE, models.judge_cache_path(cache_dir))
     return rebuilt
 
 

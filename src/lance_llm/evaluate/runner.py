@@ -117,7 +117,7 @@ class Evaluator:
         from ..backends.hf import pick_dtype
 
         self.cfg, self.dtype = cfg, dtype
-        self.results_cache = results_cache or models.cache_root() / "eval" / "results"
+        self.results_cache = results_cache or models.eval_results_dir()
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
         self.docs = ifeval.load(cfg.ifeval_path, cfg.ifeval_limit, cfg.seed) if cfg.ifeval_path else []
         lm_eval_version = metadata.version("lm_eval")

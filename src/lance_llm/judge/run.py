@@ -97,7 +97,7 @@ def run_own_judge(cfg: Config, source: str, modes: list[str], sources: list[str]
     resolved = models.resolve(src, cfg.model.cache_dir)
     fp = backend_fingerprint(cfg, resolved.path)
     backend = CachedBackend(lambda: make_backend(cfg, resolved.path, fp), fp,
-                            models.cache_root(cfg.model.cache_dir) / "judge_own" / "cache.sqlite",
+                            models.judge_cache_path(cfg.model.cache_dir),
                             chunk_size=cfg.backend.batch_size * 4)
     settings = {"sampling": dataclasses.asdict(cfg.generate.response_sampling), "scale": cfg.review.scale,
                 "sft_threshold": cfg.annotate.sft_threshold, "pair_margin": cfg.annotate.pair_margin}
